@@ -1,0 +1,108 @@
+"""Page-cache state of a checkpoint: measure it (mincore), evict it, fill it.
+
+"Cold" is only a claim until the residency is measured: posix_fadvise is
+advice, and some filesystems (network mounts, FUSE, some overlay setups)
+ignore it. So every trial records the measured fraction, and a cold trial
+that still finds its pages resident says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+from typing import Iterable
+
+COLD_LIMIT = 0.05  # a "cold" trial with more resident than this is flagged
+READ_CHUNK = 16 << 20
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+PAGE = mmap.PAGESIZE
+_ODD = bytes(range(1, 256, 2))
+
+
+def _resident_pages(path: str) -> tuple[int, int]:
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0, 0
+    pages = (size + PAGE - 1) // PAGE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of {path} for mincore failed: {os.strerror(err)}")
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            if _libc.mincore(addr, size, vec) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mincore on {path} failed: {os.strerror(err)}")
+            data = bytes(vec)  # bit 0 of each byte: page resident
+            return len(data) - len(data.translate(None, _ODD)), pages
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def residency(paths: Iterable[str]) -> float:
+    """Fraction of the files' pages in the page cache now, by page count."""
+    resident = total = 0
+    for path in paths:
+        r, t = _resident_pages(path)
+        resident += r
+        total += t
+    return resident / total if total else 0.0
+
+
+def evict(paths: Iterable[str]) -> None:
+    """Ask the kernel to drop the files' clean pages; needs no privileges."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm(paths: Iterable[str]) -> int:
+    """Read the files fully so that every page is resident; returns bytes read."""
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    total = 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total
+
+
+def prepare(mode: str, paths: list[str]) -> float:
+    """Bring the files into the state `mode` asks for; return measured residency."""
+    if mode == "cold":
+        evict(paths)
+    elif mode == "warm":
+        warm(paths)
+    elif mode != "asis":
+        raise ValueError(f"unknown cache mode {mode!r}")
+    return residency(paths)
+
+
+def check(mode: str, resident: float) -> str | None:
+    """A warning when the measured state is not what was asked, else None."""
+    if mode == "cold" and resident > COLD_LIMIT:
+        return (f"cold was asked but {resident:.1%} of the checkpoint is still in the page cache "
+                f"(limit {COLD_LIMIT:.0%}); this filesystem may ignore posix_fadvise(DONTNEED). "
+                f"The trial is recorded with its measured residency, not as cold.")
+    if mode == "warm" and resident < 1.0 - COLD_LIMIT:
+        return (f"warm was asked but only {resident:.1%} of the checkpoint is in the page cache; "
+                f"the machine may lack the memory to hold it.")
+    return None

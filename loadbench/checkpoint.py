@@ -1,0 +1,157 @@
+"""The checkpoint folder: one subfolder per format, and manifest.json last.
+
+    MODEL_PATH/
+      manifest.json        written last, atomically: a checkpoint without it is incomplete
+      config.json          the architecture, for meta-device skeletons
+      tensorizer/          model.tensors
+      safetensors/         save_pretrained output (*.safetensors, config.json)
+      bin/                 config.json, pytorch_model.bin (legacy pickle)
+
+Each format is written into a temporary sibling folder and renamed into place,
+so an interrupted save never leaves a folder that looks complete. Opening a
+checkpoint checks the manifest and the size of every file before anything is
+timed: a missing or truncated file is bad input (exit 2), found in
+milliseconds rather than as a strange error deep inside a loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = "loadbench.manifest/1"
+FORMATS = ("tensorizer", "safetensors", "bin")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, incomplete or not the one asked for."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    root: str
+    format: str
+    manifest: dict[str, Any]
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.root, self.format)
+
+    @property
+    def files(self) -> list[str]:
+        return [os.path.join(self.folder, f["name"])
+                for f in self.manifest["formats"][self.format]["files"]]
+
+    @property
+    def weight_files(self) -> list[str]:
+        """The files whose bytes are the weights (what cache modes act on)."""
+        return [os.path.join(self.folder, f["name"])
+                for f in self.manifest["formats"][self.format]["files"] if f.get("weights")]
+
+    @property
+    def bytes(self) -> int:
+        return sum(os.path.getsize(p) for p in self.weight_files)
+
+    @property
+    def tensors(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["tensors"]
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write JSON through a temporary file and a rename: readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def staging(root: str, fmt: str) -> str:
+    """A fresh temporary folder beside the format's final one."""
+    os.makedirs(root, exist_ok=True)
+    return tempfile.mkdtemp(dir=root, prefix=f".{fmt}.partial-")
+
+
+def publish(root: str, fmt: str, tmp_folder: str) -> None:
+    """Move a finished format folder into place, replacing an older one."""
+    final = os.path.join(root, fmt)
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(dir=root, prefix=f".{fmt}.old-")
+        os.rename(final, os.path.join(old, fmt))
+        os.rename(tmp_folder, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp_folder, final)
+
+
+def file_entries(folder: str, weight_suffixes: tuple[str, ...]) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            out.append({"name": name, "bytes": os.path.getsize(path),
+                        "weights": name.endswith(weight_suffixes)})
+    return out
+
+
+def read_manifest(root: str) -> dict[str, Any]:
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isdir(root):
+        raise CheckpointError(f"MODEL_PATH={root!r} does not exist: run save_models.py first "
+                              "(or point MODEL_PATH at the folder it wrote)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete or was not "
+                              "written by save_models.py; run save_models.py again")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}); run save_models.py again") from e
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise CheckpointError(f"{path}: schema is {manifest.get('schema') if isinstance(manifest, dict) else None!r}, "
+                              f"expected {MANIFEST_SCHEMA!r}; run save_models.py again")
+    for key in ("model", "tensors", "formats"):
+        if key not in manifest:
+            raise CheckpointError(f"{path} lacks {key!r}; run save_models.py again")
+    return manifest
+
+
+def open_checkpoint(root: str, fmt: str, model_id: str | None = None,
+                    dtype: str | None = None) -> Checkpoint:
+    """Check that `fmt` is fully present and is the model asked for."""
+    manifest = read_manifest(root)
+    model = manifest["model"]
+    if model_id and model.get("id") != model_id:
+        raise CheckpointError(f"{root}/{MANIFEST} is for MODEL_ID={model.get('id')!r}, not "
+                              f"{model_id!r}: point MODEL_PATH at the right folder or re-save")
+    if dtype and model.get("dtype") != dtype:
+        raise CheckpointError(f"{root} holds {model.get('dtype')} weights, DTYPE={dtype!r} was "
+                              f"asked: set DTYPE={model.get('dtype')} or re-save with DTYPE={dtype}")
+    if fmt not in manifest["formats"]:
+        raise CheckpointError(f"{root} has no {fmt!r} checkpoint (it has: "
+                              f"{', '.join(manifest['formats']) or 'none'}); run save_models.py "
+                              f"with that library in LIBRARIES")
+    ckpt = Checkpoint(root, fmt, manifest)
+    for entry, path in zip(manifest["formats"][fmt]["files"], ckpt.files):
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} is missing from the {fmt} checkpoint; run save_models.py again")
+        size = os.path.getsize(path)
+        if size != entry["bytes"]:
+            raise CheckpointError(f"{path} is {size} bytes, the manifest says {entry['bytes']}: "
+                                  f"truncated or replaced; run save_models.py again")
+    return ckpt

@@ -1,0 +1,39 @@
+"""huggingface-bin: from_pretrained on a legacy pickle pytorch_model.bin.
+
+transformers loads .bin files with torch.load(weights_only=True), so the
+pickle cannot run code; this is the format many older checkpoints still use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from loadbench.libraries.context import LoadContext
+from loadbench.libraries import huggingface_lib
+from loadbench.libraries.huggingface_lib import from_pretrained
+
+NAME = "huggingface-bin"
+FORMAT = "bin"
+PACKAGE = "transformers"
+FILE = "pytorch_model.bin"
+WEIGHT_SUFFIXES = (".bin",)
+
+
+def import_package() -> None:
+    huggingface_lib.import_package()
+
+
+def save(model: torch.nn.Module, tokenizer: Any, folder: str) -> None:
+    # transformers 5 writes only safetensors; the legacy file is written by hand.
+    model.config.save_pretrained(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(folder, FILE))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def load(ctx: LoadContext) -> torch.nn.Module:
+    return from_pretrained(ctx, use_safetensors=False)

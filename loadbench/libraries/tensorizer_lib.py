@@ -1,0 +1,71 @@
+"""tensorizer: TensorDeserializer streaming into a meta-device skeleton."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import torch
+
+from loadbench import models
+from loadbench.libraries.context import LoadContext
+
+NAME = "tensorizer"
+FORMAT = "tensorizer"
+PACKAGE = "tensorizer"
+FILE = "model.tensors"
+WEIGHT_SUFFIXES = (".tensors",)
+
+
+def import_package() -> None:
+    import tensorizer  # noqa: F401
+
+
+def save(model: torch.nn.Module, tokenizer: Any, folder: str) -> None:
+    from tensorizer import TensorSerializer
+    serializer = TensorSerializer(os.path.join(folder, FILE))
+    with _untied(model):
+        # Non-persistent buffers are recomputed by the skeleton, as in every other format.
+        serializer.write_module(model, include_non_persistent_buffers=False)
+    serializer.close()
+
+
+@contextlib.contextmanager
+def _untied(model: torch.nn.Module) -> Iterator[None]:
+    """Hide the second name of tied weights, so they are written once.
+
+    write_module walks every module's own parameters, so OPT's lm_head would
+    otherwise be stored twice; the loader re-ties it (models.finish).
+    """
+    seen: set[int] = set()
+    hidden: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) in seen:
+                hidden.append((module, name, param))
+                del module._parameters[name]
+            seen.add(id(param))
+    try:
+        yield
+    finally:
+        for module, name, param in hidden:
+            module._parameters[name] = param
+
+
+def load(ctx: LoadContext) -> torch.nn.Module:
+    from tensorizer import TensorDeserializer
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    kwargs: dict[str, Any] = {"device": ctx.device,
+                              "verify_hash": bool(ctx.settings.get("TZR_VERIFY_HASH"))}
+    if ctx.tuning.get("num_readers"):
+        kwargs["num_readers"] = ctx.tuning["num_readers"]
+    deserializer = TensorDeserializer(os.path.join(ctx.checkpoint.folder, FILE), **kwargs)
+    try:
+        deserializer.load_into_module(model)
+    finally:
+        deserializer.close()
+    return models.finish(model, ctx.device)

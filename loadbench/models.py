@@ -1,0 +1,165 @@
+"""Model sources and meta-device skeletons.
+
+MODEL_ID is a hub id, a local directory, or a built-in `random/<name>`: the
+exact shapes of a real architecture with random weights, so that load speed
+can be measured with no download. Random models are built with parameters on
+the meta device and then filled on the target device in one pass each, which
+skips the slow per-layer initialisation (gpt-j-6b builds in seconds on a GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Iterator
+
+import torch
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _opt(**kw: Any) -> Any:
+    from transformers import OPTConfig
+    return OPTConfig(**kw)
+
+
+def _gptj(**kw: Any) -> Any:
+    from transformers import GPTJConfig
+    return GPTJConfig(**kw)
+
+
+def _llama(**kw: Any) -> Any:
+    from transformers import LlamaConfig
+    return LlamaConfig(**kw)
+
+
+# Shapes from the published configs of facebook/opt-*, EleutherAI/gpt-j-6b and
+# meta-llama/Llama-2-7b-hf. opt-tiny is a small OPT for tests (about 7 MB in float16).
+RANDOM_MODELS: dict[str, Callable[[], Any]] = {
+    "opt-tiny": lambda: _opt(hidden_size=64, num_hidden_layers=2, ffn_dim=256,
+                             num_attention_heads=4, word_embed_proj_dim=64,
+                             max_position_embeddings=2048, vocab_size=50272),
+    "gpt-j-6b": lambda: _gptj(vocab_size=50400, n_positions=2048, n_embd=4096, n_layer=28,
+                              n_head=16, rotary_dim=64, n_inner=None,
+                              activation_function="gelu_new", tie_word_embeddings=False),
+    "opt-30b": lambda: _opt(hidden_size=7168, num_hidden_layers=48, ffn_dim=28672,
+                            num_attention_heads=56, word_embed_proj_dim=7168,
+                            max_position_embeddings=2048, vocab_size=50272),
+    "llama-2-7b": lambda: _llama(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                 num_hidden_layers=32, num_attention_heads=32,
+                                 num_key_value_heads=32, max_position_embeddings=4096,
+                                 rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+
+
+class ModelError(ValueError):
+    """A MODEL_ID that cannot be resolved; no retry fixes it."""
+
+
+def is_random(model_id: str) -> bool:
+    return model_id.startswith("random/")
+
+
+def config_for(model_id: str) -> Any:
+    """The architecture config of a MODEL_ID, without loading weights."""
+    if is_random(model_id):
+        name = model_id.removeprefix("random/")
+        if name not in RANDOM_MODELS:
+            raise ModelError(f"MODEL_ID={model_id!r}: unknown built-in model; known: "
+                             + ", ".join(f"random/{n}" for n in RANDOM_MODELS))
+        return RANDOM_MODELS[name]()
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(model_id)
+
+
+@contextlib.contextmanager
+def meta_parameters() -> Iterator[None]:
+    """Create parameters on the meta device, buffers for real.
+
+    Buffers such as rotary frequencies are not in checkpoints, so they must
+    be computed as usual; parameters are what the loaders fill.
+    """
+    original = torch.nn.Module.register_parameter
+
+    def register(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            meta = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            module._parameters[name] = meta
+
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def skeleton(config: Any, dtype: torch.dtype) -> torch.nn.Module:
+    """The model with every parameter on the meta device, ready to be filled."""
+    from transformers import AutoModelForCausalLM
+    with meta_parameters():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
+@torch.no_grad()
+def random_model(model_id: str, dtype: torch.dtype, device: torch.device, seed: int = 0
+                 ) -> torch.nn.Module:
+    """A random-weight model of the named architecture, built on `device`.
+
+    Norm weights are ones and biases zeros so that generation stays finite;
+    everything else is N(0, 0.02), like the architectures' own init.
+    """
+    model = skeleton(config_for(model_id), dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if name == "bias":
+                value = torch.zeros(param.shape, dtype=dtype, device=device)
+            elif _is_norm(module):
+                value = torch.ones(param.shape, dtype=dtype, device=device)
+            else:
+                value = torch.empty(param.shape, dtype=dtype, device=device)
+                value.normal_(0.0, 0.02, generator=gen)
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+    model.tie_weights()
+    return model.to(device)
+
+
+def load_source(model_id: str, dtype: torch.dtype, device: torch.device, seed: int = 0
+                ) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer or None) for saving: built, read from a folder, or downloaded."""
+    if is_random(model_id):
+        return random_model(model_id, dtype, device, seed), None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not os.path.isdir(model_id) and "/" not in model_id and os.path.sep in model_id:
+        raise ModelError(f"MODEL_ID={model_id!r} is neither a folder nor a hub id")
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def finish(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """After a loader filled the parameters: tie shared weights, move buffers."""
+    model.tie_weights()
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"{len(left)} parameters were never loaded, e.g. {left[0]}")
+    return model.to(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint must hold, by name (tied names included)."""
+    return dict(model.state_dict(keep_vars=False))
