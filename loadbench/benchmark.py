@@ -109,6 +109,7 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
         trial.update(status="error", error=results.error_info(e, where(e)))
         log(f"{mod.NAME}: load failed: {type(e).__name__}: {e}")
         return trial
+    trial["library_info"] = ctx.info
     skeleton_at = ctx.marks.get("skeleton")
     total = end - start
     nbytes = ckpt.manifest["model"]["bytes"]

@@ -19,6 +19,7 @@ class LoadContext:
     tuning: dict[str, Any]
     settings: dict[str, Any]
     marks: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # what the library chose, recorded
 
     def mark(self, name: str) -> None:
         """Record a point inside the timed region (e.g. the skeleton is built)."""

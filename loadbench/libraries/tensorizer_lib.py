@@ -64,6 +64,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     if ctx.tuning.get("num_readers"):
         kwargs["num_readers"] = ctx.tuning["num_readers"]
     deserializer = TensorDeserializer(os.path.join(ctx.checkpoint.folder, FILE), **kwargs)
+    ctx.info["num_readers"] = getattr(deserializer, "_num_readers", None)
     try:
         deserializer.load_into_module(model)
     finally:
