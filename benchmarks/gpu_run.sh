@@ -2,13 +2,16 @@
 # One whole measurement phase on a GPU machine (the device tool's H100/H200),
 # each trial a fresh process, as a pod would be. Results are tarred into $OUT.
 #
-#   benchmarks/gpu_run.sh save|cold|warm|bare  [trials]
+#   benchmarks/gpu_run.sh PHASE[:ROUNDS] ...     e.g.  cold:5 warm:5 bare:3
+#
+# A cold or warm round runs every configuration once, each in a fresh process;
+# the first round of a phase measures ceilings (CEILINGS=1) and, unless
+# INFER=0, generates tokens.
 #
 # Needs .whl/ (tensorizer, fastsafetensors, runai-model-streamer and their
 # missing dependencies) carried beside the repository; see docs/results/*/README.md.
 set -u
-PHASE=${1:?phase: save, cold, warm or bare}
-TRIALS=${2:-5}
+[ $# -gt 0 ] || { echo "usage: $0 PHASE[:ROUNDS] ..." >&2; exit 2; }
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -43,13 +46,13 @@ save() {
 }
 
 trials() {  # round-robin, so a deadline leaves every configuration with equal trials
-  local mode=$1
-  for t in $(seq 1 "$TRIALS"); do
+  local mode=$1 rounds=$2
+  for t in $(seq 1 "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
       [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached at trial $t"; return; }
       local extra=${cfg#*|}
       local ceil=0 skip=1
-      if [ "$t" = 1 ]; then ceil=1; skip=0; fi
+      if [ "$t" = 1 ]; then ceil=1; [ "${INFER:-1}" = 1 ] && skip=0; fi
       echo "== $mode trial $t ${cfg%%|*}"
       env $extra CACHE_MODE=$mode RUN_ID=$MODEL-$mode CEILINGS=$ceil SKIP_INFERENCE=$skip \
         python3 deserialize_benchmark.py 2>&1 | grep -v '^LOADBENCH_RESULT' | grep -E 'trial|error|WARN|Error'
@@ -59,11 +62,17 @@ trials() {  # round-robin, so a deadline leaves every configuration with equal t
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 df -h "$WORK" 2>/dev/null || df -h /root
-case $PHASE in
-  save) save ;;
-  cold|warm) save; trials "$PHASE" ;;
-  bare) save; python3 benchmarks/bare_load.py --model-path "$MODEL_PATH" --trials "$TRIALS" \
-          --out "$OUT/bare.json" --deadline $((DEADLINE - SECONDS)) ;;
-esac
-tar -czf "$OUT/results-$PHASE.tar.gz" -C "$WORK" results 2>/dev/null
+save
+for spec in "$@"; do
+  phase=${spec%%:*} rounds=${spec#*:}
+  [ "$rounds" = "$spec" ] && rounds=5
+  case $phase in
+    save) ;;
+    cold|warm) trials "$phase" "$rounds" ;;
+    bare) python3 benchmarks/bare_load.py --model-path "$MODEL_PATH" --trials "$rounds" \
+            --out "$OUT/bare.json" --deadline $((DEADLINE - SECONDS)) ;;
+    *) echo "unknown phase $phase" >&2; exit 2 ;;
+  esac
+done
+tar -czf "$OUT/results.tar.gz" -C "$WORK" results 2>/dev/null
 ls -la "$OUT"

@@ -24,7 +24,7 @@ import torch
 from loadbench import cache
 
 BLOCK = 8 << 20
-THREADS = 8
+THREADS = 16
 
 
 def _timed_reads(paths: list[str], seconds: float, direct: bool) -> tuple[int, float]:
@@ -74,14 +74,24 @@ def _result(nbytes: int, seconds: float, method: str) -> dict[str, Any]:
 
 
 def storage_read(paths: list[str], seconds: float) -> dict[str, Any]:
+    """The faster of O_DIRECT reads and buffered reads of evicted files.
+
+    Either can win: O_DIRECT skips a copy, buffered reads get the kernel's
+    readahead. A ceiling a loader beats is no ceiling, so both are tried
+    and both are recorded.
+    """
+    tries = {}
     try:
-        nbytes, elapsed = _timed_reads(paths, seconds, direct=True)
-        return _result(nbytes, elapsed, f"O_DIRECT, {THREADS} threads, {BLOCK >> 20} MiB blocks")
-    except OSError:
-        cache.evict(paths)
-        nbytes, elapsed = _timed_reads(paths, seconds, direct=False)
-        return _result(nbytes, elapsed, f"evicted then buffered (O_DIRECT refused), "
-                                        f"{THREADS} threads")
+        tries["direct"] = _result(*_timed_reads(paths, seconds / 2, direct=True),
+                                  f"O_DIRECT, {THREADS} threads, {BLOCK >> 20} MiB blocks")
+    except OSError as e:
+        tries["direct"] = {"gbps": None, "method": f"O_DIRECT refused: {e}"}
+    cache.evict(paths)
+    tries["buffered"] = _result(*_timed_reads(paths, seconds / 2, direct=False),
+                                f"evicted, then buffered reads, {THREADS} threads")
+    cache.evict(paths)
+    best = max((t for t in tries.values() if t.get("gbps")), key=lambda t: t["gbps"])
+    return dict(best, tries=tries)
 
 
 def page_cache_read(paths: list[str], seconds: float) -> dict[str, Any]:
