@@ -6,7 +6,7 @@
 #
 # A cold or warm round runs every configuration once, each in a fresh process;
 # the first round of a phase measures ceilings (CEILINGS=1) and, unless
-# INFER=0, generates tokens.
+# INFER=0, generates tokens (CEIL=0 skips the ceilings).
 #
 # Needs .whl/ (tensorizer, fastsafetensors, runai-model-streamer and their
 # missing dependencies) carried beside the repository; see docs/results/*/README.md.
@@ -52,7 +52,7 @@ trials() {  # round-robin, so a deadline leaves every configuration with equal t
       [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached at trial $t"; return; }
       local extra=${cfg#*|}
       local ceil=0 skip=1
-      if [ "$t" = 1 ]; then ceil=1; [ "${INFER:-1}" = 1 ] && skip=0; fi
+      if [ "$t" = 1 ]; then ceil=${CEIL:-1}; [ "${INFER:-1}" = 1 ] && skip=0; fi
       echo "== $mode trial $t ${cfg%%|*}"
       env $extra CACHE_MODE=$mode RUN_ID=$MODEL-$mode CEILINGS=$ceil SKIP_INFERENCE=$skip \
         python3 deserialize_benchmark.py 2>&1 | grep -v '^LOADBENCH_RESULT' | grep -E 'trial|error|WARN|Error'
