@@ -104,7 +104,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-path", required=True)
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="where the samples go (JSON)")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds for the whole run")
     ap.add_argument("--one", nargs=2, metavar=("LABEL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
