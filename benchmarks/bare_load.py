@@ -82,7 +82,7 @@ def one(root: str, label: str, mode: str) -> float:
                     state.update(load_file(p, device="cuda"))
             elif label == "fastsafetensors":
                 from fastsafetensors import SafeTensorsFileLoader, SingleGroup
-                loader = SafeTensorsFileLoader(SingleGroup(), "cuda", nogds=True)
+                loader = SafeTensorsFileLoader(SingleGroup(), "cuda:0", nogds=True)
                 loader.add_filenames({0: paths})
                 fb = loader.copy_files_to_device()
                 state = {k: fb.get_tensor(k) for k in loader.get_keys()}
@@ -106,6 +106,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--out", help="where the samples go (JSON)")
     ap.add_argument("--deadline", type=float, default=1e9, help="seconds for the whole run")
+    ap.add_argument("--modes", default="cold,warm")
     ap.add_argument("--one", nargs=2, metavar=("LABEL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -113,7 +114,7 @@ def main() -> int:
         return 0
     end = time.monotonic() + args.deadline
     samples: dict[str, dict[str, list[float]]] = {}
-    for mode in ("cold", "warm"):
+    for mode in args.modes.split(","):
         for trial in range(args.trials):
             for label in CONFIGS:
                 if time.monotonic() > end:

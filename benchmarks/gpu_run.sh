@@ -70,7 +70,7 @@ for spec in "$@"; do
     save) ;;
     cold|warm) trials "$phase" "$rounds" ;;
     bare) python3 benchmarks/bare_load.py --model-path "$MODEL_PATH" --trials "$rounds" \
-            --out "$OUT/bare.json" --deadline $((DEADLINE - SECONDS)) ;;
+            --out "$OUT/bare.json" --modes "${BARE_MODES:-cold,warm}" --deadline $((DEADLINE - SECONDS)) ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
