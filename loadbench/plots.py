@@ -1,0 +1,126 @@
+"""Figures for a group of results (matplotlib, imported only when plotting)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from loadbench.report import Group, rows
+
+
+def _plt() -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _title(g: Group, what: str) -> str:
+    n = sum(len(g.trials(label)) for label in g.labels())
+    return f"{what}\n{g.model} on {g.device}, {g.mode} page cache, n={n} verified loads"
+
+
+def _save(fig: Any, out: str, name: str, formats: list[str]) -> list[str]:
+    paths = []
+    for fmt in formats:
+        path = os.path.join(out, f"{name}.{fmt}")
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        paths.append(path)
+    _plt().close(fig)
+    return paths
+
+
+def load_times(g: Group, out: str, formats: list[str]) -> list[str]:
+    """Box plot of load time per library with every trial drawn over it."""
+    plt = _plt()
+    labels = [lab for lab in g.labels() if g.trials(lab)]
+    data = [[t["total_s"] for t in g.trials(lab)] for lab in labels]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) + 2), 4.5))
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right")
+    for i, values in enumerate(data, start=1):
+        jitter = [i + (k % 5 - 2) * 0.04 for k in range(len(values))]
+        ax.scatter(jitter, values, s=14, alpha=0.7, zorder=3)
+    ax.set_ylabel("load time, skeleton + weights (s)")
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(_title(g, "Load time per library (lower is better)"), fontsize=10)
+    return _save(fig, out, f"{g.slug}-load-time", formats)
+
+
+def throughput(g: Group, out: str, formats: list[str]) -> list[str]:
+    """Median GB/s per library, with the measured ceilings as horizontal lines."""
+    plt = _plt()
+    rs = [r for r in rows(g) if r["gbps"]]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rs) + 2), 4.5))
+    bars = ax.bar(range(len(rs)), [r["gbps"] for r in rs], color="#4c72b0")
+    for bar, r in zip(bars, rs):
+        text = f"{r['gbps']:.2f}" + (f"\n{r['ceiling_fraction']:.0%}" if r["ceiling_fraction"] else "")
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ceilings = g.ceilings()
+    names = {"storage_read": "storage read", "page_cache_read": "page-cache read",
+             "h2d_pinned": "pinned host-to-device"}
+    wanted = ["storage_read" if g.mode == "cold" else "page_cache_read", "h2d_pinned"]
+    styles = ["--", ":"]
+    top = max([r["gbps"] for r in rs] + [1e-9])
+    for name, style in zip(wanted, styles):
+        if name in ceilings:
+            ax.axhline(ceilings[name], linestyle=style, color="#c44e52", linewidth=1.2,
+                       label=f"{names[name]} ceiling, {ceilings[name]:.1f} GB/s")
+            top = max(top, ceilings[name])
+    ax.set_ylim(0, top * 1.2)
+    ax.set_xticks(range(len(rs)), [r["label"] for r in rs], rotation=30, ha="right")
+    ax.set_ylabel("GB/s (model bytes / median load time)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(_title(g, "Throughput and the machine's limits (labels: GB/s, % of ceiling)"),
+                 fontsize=10)
+    return _save(fig, out, f"{g.slug}-throughput", formats)
+
+
+def cdf(g: Group, out: str, formats: list[str]) -> list[str]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in g.labels():
+        values = sorted(t["total_s"] for t in g.trials(label))
+        if values:
+            ax.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post",
+                    label=f"{label} (n={len(values)})")
+    ax.set_xlabel("load time (s)")
+    ax.set_ylabel("fraction of loads at or below")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_title(g, "Distribution of load times"), fontsize=10)
+    return _save(fig, out, f"{g.slug}-cdf", formats)
+
+
+def timeline(g: Group, out: str, formats: list[str]) -> list[str]:
+    """Parallel pods: each load as a bar in time, and the aggregate GB/s."""
+    plt = _plt()
+    nbytes = g.model_bytes() or 0
+    spans = []
+    for d in g.docs:
+        who = d["identity"].get("pod") or d["identity"].get("hostname")
+        for t in d["trials"]:
+            if t.get("status") == "ok" and t.get("total_s"):
+                end = datetime.fromisoformat(t["finished_at"]).timestamp()
+                start = datetime.fromisoformat(t["started_at"]).timestamp()
+                spans.append((start, min(end, start + t["total_s"]), f"{d['label']} {who}"))
+    if not spans:
+        return []
+    t0 = min(s[0] for s in spans)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for i, (start, end, _) in enumerate(sorted(spans)):
+        ax1.barh(i, end - start, left=start - t0, height=0.8)
+    ax1.set_ylabel("load (one bar each)")
+    edges = sorted({s[0] - t0 for s in spans} | {s[1] - t0 for s in spans})
+    rate = [sum(nbytes / (e - s) / 1e9 for s, e, _ in spans if s - t0 <= a < e - t0) for a in edges]
+    ax2.step(edges, rate, where="post")
+    ax2.set_xlabel("time since first load started (s)")
+    ax2.set_ylabel("aggregate GB/s")
+    ax2.grid(alpha=0.3)
+    ax1.set_title(_title(g, "Concurrent loads and their aggregate throughput"), fontsize=10)
+    return _save(fig, out, f"{g.slug}-timeline", formats)
