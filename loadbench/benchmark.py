@@ -90,7 +90,8 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
     resident = cache.prepare(mode, ckpt.weight_files)
     trial: dict[str, Any] = {k: None for k in results.TRIAL_KEYS}
     trial.update(status="ok", cache_mode=mode, resident_before=resident, mismatches=[],
-                 tensors_verified=0, warnings=[])
+                 tensors_verified=0, warnings=[], verify_s=None, tokens_per_s=None,
+                 output_ids=None)
     warning = cache.check(mode, resident)
     if warning:
         log("WARNING: " + warning)
@@ -234,8 +235,8 @@ def main(environ: dict[str, str] | None = None) -> int:
         cfg = settings_mod.load(env)
         device = environment.resolve_device(cfg["DEVICE"])
     except ConfigError as e:
-        log(f"configuration error: {e}")
         emit(config_error_document(e, env), env.get("RES_PATH") or "./results")
+        log(f"configuration error: {e}")  # the last line: what was wrong and where
         return EXIT_BAD_INPUT
     values = cfg.as_dict()
     values["DEVICE_RESOLVED"] = str(device)
@@ -251,4 +252,9 @@ def main(environ: dict[str, str] | None = None) -> int:
         docs.append(doc)
         code = max(code, lib_code)
     print("\n" + summary_table(docs), file=sys.stderr, flush=True)
+    failed = [d for d in docs if d["status"] != "ok"]
+    if failed:  # the last line names what went wrong, not a table row
+        e = failed[0]["error"] or {}
+        log(f"{len(failed)} of {len(docs)} failed; {failed[0]['label']}: {e.get('message')} "
+            f"(exit {code})")
     return code

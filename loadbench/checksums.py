@@ -3,7 +3,7 @@
 A trial counts only if every tensor arrived bit for bit. Hashing on the host
 would mean copying every loaded byte back over PCIe, which can cost more than
 the load it checks, so the checksum is integer arithmetic that runs on the
-device: the tensor's bytes as 32-bit words w_i (a 1-3 byte tail as single
+device: the tensor's bytes as signed 32-bit words w_i (a 1-3 byte tail as unsigned single
 bytes), and the pair
 
     s1 = sum(w_i)          s2 = sum((i + 1) * w_i)      (both mod 2**64)
