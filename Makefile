@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 
 test: setup
 	$(BIN)/ruff check .
-	PATH=$(abspath .venv-checkov/bin):$$PATH $(BIN)/python -m pytest -q
+	PATH=$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf loadbench-data results .pytest_cache

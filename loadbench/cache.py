@@ -67,7 +67,10 @@ def evict(paths: Iterable[str]) -> None:
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fdatasync(fd)  # dirty pages cannot be dropped
+            try:
+                os.fdatasync(fd)  # dirty pages cannot be dropped
+            except OSError:
+                pass  # read-only mounts refuse it; their pages are clean anyway
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)

@@ -1,0 +1,27 @@
+# One image for both jobs (save_models.py and deserialize_benchmark.py).
+# The base is pinned by exact tag. For reproducible builds pin it by digest too:
+#   docker buildx imagetools inspect pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+# then write FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime@sha256:<digest>.
+FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# torch comes with the base image; every range in requirements.txt accepts it,
+# so pip installs nothing CUDA-sized on top.
+COPY requirements.txt requirements-peers.txt ./
+RUN pip install --no-cache-dir -r requirements.txt -r requirements-peers.txt
+
+COPY loadbench/ ./loadbench/
+COPY save_models.py deserialize_benchmark.py collect_results.py plot_results.py ./
+
+# Non-root, with a home for library caches (mounted as an emptyDir in the Jobs,
+# so the root filesystem can stay read-only).
+RUN groupadd --gid 10001 loadbench \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/loadbench loadbench
+USER 10001:10001
+
+CMD ["python", "/app/deserialize_benchmark.py"]

@@ -1,0 +1,49 @@
+"""collect_results.py: arguments in, a summary out; exit 1 when nothing usable came back."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from loadbench import cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="collect_results.py", description=__doc__)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-pvc", metavar="CLAIM", help="read the PVC through a helper pod")
+    src.add_argument("--from-logs", action="store_true", help="read LOADBENCH_RESULT log lines")
+    ap.add_argument("--out", default="results", help="local folder (default: results)")
+    ap.add_argument("-n", "--namespace", default="default")
+    ap.add_argument("-l", "--selector", default="app.kubernetes.io/name=loadbench",
+                    help="label selector of the benchmark pods (--from-logs)")
+    ap.add_argument("--image", help="image for the helper pod (--from-pvc): the loadbench image")
+    ap.add_argument("--run-id", default="", help="only this RUN_ID's folder on the PVC")
+    ap.add_argument("--sub-path", default="results", help="results folder inside the PVC")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the helper pod")
+    ap.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, or in-cluster")
+    ap.add_argument("--context")
+    args = ap.parse_args(argv)
+
+    def progress(msg: str) -> None:
+        print(f"collect: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        api = cluster.client_api(args.kubeconfig, args.context)
+        if args.from_pvc:
+            if not args.image:
+                ap.error("--from-pvc needs --image (the loadbench image you pushed)")
+            report = cluster.from_pvc(api, args.namespace, args.from_pvc, args.image, args.out,
+                                      args.run_id, args.sub_path, args.timeout, progress=progress)
+        else:
+            report = cluster.from_logs(api, args.namespace, args.selector, args.out, progress)
+    except cluster.CollectError as e:
+        progress(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    for line in cluster.iter_lines(report):
+        progress(line)
+    progress(f"done: {report.summary()} in {args.out}")
+    return 0 if (report.written or report.unchanged) else 1
