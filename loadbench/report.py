@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadbench import stats
+from loadbench.settings import model_slug
 
 CEILING_FOR_MODE = {"cold": "storage_read", "warm": "page_cache_read"}
 COLUMNS = ("library", "version", "n", "median s", "mean s (Tukey)", "removed", "p5 s", "p95 s",
@@ -76,13 +77,21 @@ def _mode(doc: dict[str, Any]) -> str:
     return (doc.get("settings") or {}).get("CACHE_MODE") or "unknown"
 
 
+def _model_name(doc: dict[str, Any]) -> str:
+    name = (doc.get("model") or {}).get("name")
+    return str(name or model_slug(str((doc.get("settings") or {}).get("MODEL_ID") or "unknown")))
+
+
 def group(docs: list[dict[str, Any]]) -> list[Group]:
+    """Groups by model, device and cache mode. An error document, which may
+    not know its device, joins a group of the same model and mode."""
     groups: dict[tuple[str, str, str], Group] = {}
-    for doc in docs:
-        model = (doc.get("model") or {}).get("name") or \
-            (doc.get("settings") or {}).get("MODEL_ID") or "unknown"
-        device = (doc.get("device") or {}).get("name") or "unknown"
-        key = (str(model), str(device), _mode(doc))
+    for doc in sorted(docs, key=lambda d: d["status"] != "ok"):
+        model, mode = _model_name(doc), _mode(doc)
+        device = (doc.get("device") or {}).get("name")
+        if doc["status"] != "ok" and not device:
+            device = next((k[1] for k in groups if k[0] == model and k[2] == mode), "unknown")
+        key = (model, str(device or "unknown"), mode)
         g = groups.setdefault(key, Group(*key))
         (g.docs if doc["status"] == "ok" else g.errors).append(doc)
     return [groups[k] for k in sorted(groups)]
