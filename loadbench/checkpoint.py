@@ -123,8 +123,9 @@ def read_manifest(root: str) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not readable JSON ({e}); run save_models.py again") from e
     if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise CheckpointError(f"{path}: schema is {manifest.get('schema') if isinstance(manifest, dict) else None!r}, "
-                              f"expected {MANIFEST_SCHEMA!r}; run save_models.py again")
+        found = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise CheckpointError(f"{path}: schema is {found!r}, expected {MANIFEST_SCHEMA!r}; "
+                              "run save_models.py again")
     for key in ("model", "tensors", "formats"):
         if key not in manifest:
             raise CheckpointError(f"{path} lacks {key!r}; run save_models.py again")

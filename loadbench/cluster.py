@@ -95,8 +95,8 @@ def from_logs(api: Any, namespace: str, selector: str, dest: str,
     pods = [p for p in api.list_namespaced_pod(namespace, label_selector=selector).items
             if _selector_matches(selector, p.metadata.labels)]
     if not pods:
-        raise CollectError(f"no pods match {selector!r} in namespace {namespace!r} "
-                           "(finished Jobs delete theirs after ttlSecondsAfterFinished: collect from the PVC)")
+        raise CollectError(f"no pods match {selector!r} in namespace {namespace!r} (finished "
+                           "Jobs delete theirs after ttlSecondsAfterFinished: collect from the PVC)")
     for i, pod in enumerate(pods, start=1):
         name = pod.metadata.name
         text = api.read_namespaced_pod_log(name=name, namespace=namespace)

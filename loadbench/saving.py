@@ -17,8 +17,17 @@ from typing import Any, Callable
 import torch
 
 from loadbench import checksums, environment, libraries, models
-from loadbench.checkpoint import (FORMATS, MANIFEST, MANIFEST_SCHEMA, file_entries, publish,
-                                  read_manifest, staging, write_json_atomic, CheckpointError)
+from loadbench.checkpoint import (
+    FORMATS,
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    CheckpointError,
+    file_entries,
+    publish,
+    read_manifest,
+    staging,
+    write_json_atomic,
+)
 from loadbench.settings import Settings, model_slug
 
 

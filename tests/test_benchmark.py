@@ -154,9 +154,9 @@ def test_corrupted_checkpoint_is_never_ok(model_copy, tmp_path, library):
 
 
 def test_absent_peer_is_reported_not_installed(saved_model, tmp_path):
+    script = str(ROOT / "deserialize_benchmark.py")
     code = ("import sys, runpy; sys.modules['fastsafetensors'] = None; "
-            f"sys.argv = ['deserialize_benchmark.py']; runpy.run_path({str(ROOT / 'deserialize_benchmark.py')!r}, "
-            "run_name='__main__')")
+            f"sys.argv = ['deserialize_benchmark.py']; runpy.run_path({script!r}, run_name='__main__')")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "MODEL_ID": "random/opt-tiny",
            "MODEL_PATH": str(saved_model), "RES_PATH": str(tmp_path / "res"),
            "LIBRARIES": "fastsafetensors"}

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from loadbench.libraries.context import LoadContext
 from loadbench.libraries import huggingface_lib
+from loadbench.libraries.context import LoadContext
 from loadbench.libraries.huggingface_lib import from_pretrained
 
 NAME = "huggingface-bin"
