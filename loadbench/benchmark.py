@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from loadbench import cache, ceilings, checksums, environment, libraries, models, results
+from loadbench import cache, ceilings, checksums, environment, libraries, models, report, results
 from loadbench import settings as settings_mod
 from loadbench.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from loadbench.libraries.context import LoadContext
@@ -208,8 +208,7 @@ def summary_table(docs: list[dict[str, Any]]) -> str:
             doc["error"]["message"][:40] if doc.get("error") else "no")
         rows.append((doc["label"], f"{len(ok)}/{len(doc['trials'])}",
                      f"{med:.3f}" if med else "-", f"{gbps:.2f}" if gbps else "-", verified))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return report.text_table(rows)
 
 
 def config_error_document(exc: BaseException, environ: dict[str, str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from loadbench import stats
 from loadbench.settings import model_slug
@@ -180,15 +180,15 @@ def csv_text(groups: list[Group]) -> str:
     return buf.getvalue()
 
 
+def text_table(table: list[Sequence[str]]) -> str:
+    """Left-aligned columns for a terminal; the first row is the header."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
 def terminal(groups: list[Group]) -> str:
-    out = []
-    for g in groups:
-        table = [list(COLUMNS)] + [row_cells(r) for r in rows(g)]
-        widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-        out.append(g.title)
-        out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-        out.append("")
-    return "\n".join(out)
+    return "\n\n".join(g.title + "\n" + text_table([list(COLUMNS)] + [row_cells(r) for r in rows(g)])
+                       for g in groups) + "\n"
 
 
 def overlapping(g: Group) -> bool:

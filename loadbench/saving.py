@@ -28,6 +28,7 @@ from loadbench.checkpoint import (
     staging,
     write_json_atomic,
 )
+from loadbench.report import text_table
 from loadbench.settings import Settings, model_slug
 
 
@@ -146,8 +147,7 @@ def summary(manifest: dict[str, Any]) -> str:
         med = times[len(times) // 2] if times else None
         rows.append((fmt, e["library"], f"{e['bytes'] / 1e9:.3f}",
                      f"{med:.2f}" if med else "kept", f"{e['bytes'] / med / 1e9:.2f}" if med else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text_table(rows)
 
 
 def log(message: str) -> None:

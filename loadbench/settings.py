@@ -37,30 +37,25 @@ def parse_bool(name: str, raw: str) -> bool:
     )
 
 
-def _int(minimum: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
+def _number(cast: Callable[[str], Any], kind: str, minimum: float) -> Callable[[str, str], Any]:
+    def parse(name: str, raw: str) -> Any:
         try:
-            value = int(raw.strip())
+            value = cast(raw.strip())
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not an integer") from None
-        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+        if not value >= minimum:  # also refuses NaN
             raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
         return value
 
     return parse
+
+
+def _int(minimum: int) -> Callable[[str, str], int]:
+    return _number(int, "an integer", minimum)
 
 
 def _float(minimum: float) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
-        if not value >= minimum:
-            raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
-        return value
-
-    return parse
+    return _number(float, "a number", minimum)
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
