@@ -136,8 +136,9 @@ def load_source(model_id: str, dtype: torch.dtype, device: torch.device, seed: i
     if is_random(model_id):
         return random_model(model_id, dtype, device, seed), None
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if not os.path.isdir(model_id) and "/" not in model_id and os.path.sep in model_id:
-        raise ModelError(f"MODEL_ID={model_id!r} is neither a folder nor a hub id")
+    if model_id.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_id)):
+        raise ModelError(f"MODEL_ID={model_id!r} looks like a path but is not a folder; "
+                         "use a hub id (org/name), a local folder or random/<name>")
     model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)

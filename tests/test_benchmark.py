@@ -185,3 +185,10 @@ def test_save_rejects_unknown_random_model(tmp_path):
     assert proc.returncode == 2
     assert "unknown built-in model" in last_line(proc.stderr)
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_save_rejects_a_path_that_is_not_a_folder(tmp_path):
+    proc = run_script("save_models.py", {"MODEL_ID": str(tmp_path / "no-such-model"),
+                                         "MODEL_PATH": str(tmp_path / "out")})
+    assert proc.returncode == 2
+    assert "looks like a path but is not a folder" in last_line(proc.stderr)
