@@ -174,8 +174,8 @@ def run_library(lib: str, tuning: dict[str, Any], cfg: dict[str, Any], device: t
             bad = [t for t in doc["trials"] if t["status"] != "ok"]
             doc["status"] = "error"
             doc["error"] = {"type": "TrialFailed", "where": "trials",
-                            "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed: "
-                                       f"{bad[0]['status']}"}
+                            "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
+                                       f"first: {_trial_problem(bad[0])}"}
     except BAD_INPUT as e:
         results.fail(doc, e, where(e))
         log(f"{label}: {e}")
@@ -186,6 +186,16 @@ def run_library(lib: str, tuning: dict[str, Any], cfg: dict[str, Any], device: t
         code = EXIT_TRIAL_FAILED
     doc["finished_at"] = results.now()
     return doc, code
+
+
+def _trial_problem(trial: dict[str, Any]) -> str:
+    """What went wrong in a failed trial, in one line."""
+    if trial["status"] == "mismatch":
+        m = trial["mismatches"]
+        return (f"{len(m)} tensor(s) differ from the manifest, e.g. {m[0]['tensor']}: "
+                f"{m[0]['problem']}")
+    e = trial.get("error") or {}
+    return f"{e.get('type')}: {e.get('message')} (at {e.get('where')})"
 
 
 def _trial_line(label: str, i: int, n: int, t: dict[str, Any]) -> str:

@@ -151,6 +151,10 @@ def test_corrupted_checkpoint_is_never_ok(model_copy, tmp_path, library):
     assert trial["status"] in ("mismatch", "error")
     if trial["status"] == "mismatch":
         assert any("checksum differs" in m["problem"] for m in trial["mismatches"])
+    assert "Traceback" not in proc.stderr
+    line = last_line(proc.stderr)
+    assert line.startswith("loadbench: 1 of 1 failed;") and "(exit 1)" in line
+    assert "differ from the manifest" in line or "Error" in line
 
 
 def test_absent_peer_is_reported_not_installed(saved_model, tmp_path):
