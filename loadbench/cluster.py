@@ -41,17 +41,31 @@ class Report:
                 f"{len(self.conflicts)} conflicting (kept local), {len(self.invalid)} invalid")
 
 
-def client_api(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """A CoreV1Api from the in-cluster service account or a kubeconfig."""
+def client_api(kubeconfig: str | None = None, context: str | None = None) -> tuple[Any, str]:
+    """(CoreV1Api, default namespace) from the in-cluster service account or a kubeconfig.
+
+    The namespace is the kubeconfig context's, or the pod's own in-cluster,
+    as kubectl would use.
+    """
     from kubernetes import client, config
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
-    else:
         try:
-            config.load_kube_config(config_file=kubeconfig, context=context)
-        except config.ConfigException as e:
-            raise CollectError(f"no usable kubeconfig ({e}); pass --kubeconfig or set KUBECONFIG") from e
-    return client.CoreV1Api()
+            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                namespace = f.read().strip() or "default"
+        except OSError:
+            namespace = "default"
+        return client.CoreV1Api(), namespace
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context)
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    except config.ConfigException as e:
+        raise CollectError(f"no usable kubeconfig ({e}); pass --kubeconfig or set KUBECONFIG") from e
+    if context:
+        contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+        active = next((c for c in contexts if c["name"] == context), active)
+    namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    return client.CoreV1Api(), namespace
 
 
 def store(doc: Any, rel: str, dest: str, report: Report) -> None:

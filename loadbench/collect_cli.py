@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--from-pvc", metavar="CLAIM", help="read the PVC through a helper pod")
     src.add_argument("--from-logs", action="store_true", help="read LOADBENCH_RESULT log lines")
     ap.add_argument("--out", default="results", help="local folder (default: results)")
-    ap.add_argument("-n", "--namespace", default="default")
+    ap.add_argument("-n", "--namespace", help="default: the kubeconfig context's, as kubectl")
     ap.add_argument("-l", "--selector", default="app.kubernetes.io/name=loadbench",
                     help="label selector of the benchmark pods (--from-logs)")
     ap.add_argument("--image", help="image for the helper pod (--from-pvc): the loadbench image")
@@ -29,14 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"collect: {msg}", file=sys.stderr, flush=True)
 
     try:
-        api = cluster.client_api(args.kubeconfig, args.context)
+        api, namespace = cluster.client_api(args.kubeconfig, args.context)
+        namespace = args.namespace or namespace
         if args.from_pvc:
             if not args.image:
                 ap.error("--from-pvc needs --image (the loadbench image you pushed)")
-            report = cluster.from_pvc(api, args.namespace, args.from_pvc, args.image, args.out,
+            report = cluster.from_pvc(api, namespace, args.from_pvc, args.image, args.out,
                                       args.run_id, args.sub_path, args.timeout, progress=progress)
         else:
-            report = cluster.from_logs(api, args.namespace, args.selector, args.out, progress)
+            report = cluster.from_logs(api, namespace, args.selector, args.out, progress)
     except cluster.CollectError as e:
         progress(f"error: {e}")
         return 1

@@ -99,7 +99,8 @@ def kubelet(emulator, api, results_dir: Path, outcome: str = "Succeeded") -> thr
 
 
 def test_from_pvc_reads_every_document_and_deletes_the_helper(emulator, tmp_path):
-    api = cluster.client_api(emulator.kubeconfig)
+    api, namespace = cluster.client_api(emulator.kubeconfig)
+    assert namespace == NS  # the context's namespace, as kubectl would use
     src = tmp_path / "pvc-results"
     paths = [results.write(a_document(lib, i), str(src))
              for i, lib in enumerate(["safetensors", "tensorizer", "huggingface"])]
@@ -129,7 +130,8 @@ def test_from_pvc_reads_every_document_and_deletes_the_helper(emulator, tmp_path
 
 
 def test_helper_pod_that_never_becomes_ready_times_out_and_is_deleted(emulator, tmp_path):
-    api = cluster.client_api(emulator.kubeconfig)
+    api, namespace = cluster.client_api(emulator.kubeconfig)
+    assert namespace == NS  # the context's namespace, as kubectl would use
     start = time.monotonic()
     with pytest.raises(cluster.CollectError, match=r"did not finish within 1 s \(phase unknown"):
         cluster.from_pvc(api, NS, "loadbench-nvme", "img:1", str(tmp_path), timeout=1, poll=0.1,
@@ -139,7 +141,8 @@ def test_helper_pod_that_never_becomes_ready_times_out_and_is_deleted(emulator, 
 
 
 def test_from_logs_skips_and_reports_a_line_that_is_not_json(emulator, tmp_path):
-    api = cluster.client_api(emulator.kubeconfig)
+    api, namespace = cluster.client_api(emulator.kubeconfig)
+    assert namespace == NS  # the context's namespace, as kubectl would use
     for i, labels in enumerate([{"app.kubernetes.io/name": "loadbench"},
                                 {"app.kubernetes.io/name": "loadbench"}, {"app": "other"}]):
         api.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod",
@@ -150,7 +153,7 @@ def test_from_logs_skips_and_reports_a_line_that_is_not_json(emulator, tmp_path)
     emulator.serve_log("p1", results.log_line(a_document("tensorizer", 1)) + "\n")
     emulator.serve_log("p2", results.log_line(a_document("huggingface", 2)) + "\n")
     dest = tmp_path / "out"
-    code = collect_main(["--from-logs", "--kubeconfig", emulator.kubeconfig, "-n", NS,
+    code = collect_main(["--from-logs", "--kubeconfig", emulator.kubeconfig,  # no -n: the context's
                          "-l", "app.kubernetes.io/name=loadbench", "--out", str(dest)])
     assert code == 0
     docs, skipped = results.read_many(str(dest))
