@@ -102,4 +102,6 @@ def test_plotting_1000_documents_is_fast(results_dir, tmp_path):
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert "1000 documents" in proc.stderr
+    # Copies share their timestamps, so loads overlap in time: the timeline figure is drawn.
+    assert list((tmp_path / "r").glob("*-timeline.png"))
     assert elapsed < 20, f"1000 documents took {elapsed:.1f} s"  # measured ~4 s; CI headroom
