@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from loadbench import cache, ceilings, checksums, environment, libraries, models, report, results
+from loadbench import cache, ceilings, checksums, environment, libraries, models, report, results, stats
 from loadbench import settings as settings_mod
 from loadbench.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from loadbench.libraries.context import LoadContext
@@ -212,7 +212,7 @@ def summary_table(docs: list[dict[str, Any]]) -> str:
     for doc in docs:
         ok = [t for t in doc["trials"] if t["status"] == "ok"]
         totals = sorted(t["total_s"] for t in ok)
-        med = totals[len(totals) // 2] if totals else None
+        med = stats.percentile(totals, 50) if totals else None
         gbps = doc["model"]["bytes"] / med / 1e9 if med and doc.get("model") else None
         verified = "yes" if ok and len(ok) == len(doc["trials"]) else (
             doc["error"]["message"][:40] if doc.get("error") else "no")

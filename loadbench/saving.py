@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from loadbench import checksums, environment, libraries, models
+from loadbench import checksums, environment, libraries, models, stats
 from loadbench.checkpoint import (
     FORMATS,
     MANIFEST,
@@ -144,7 +144,7 @@ def summary(manifest: dict[str, Any]) -> str:
         if not e:
             continue
         times = sorted(e["save_s"])
-        med = times[len(times) // 2] if times else None
+        med = stats.percentile(times, 50) if times else None
         rows.append((fmt, e["library"], f"{e['bytes'] / 1e9:.3f}",
                      f"{med:.2f}" if med else "kept", f"{e['bytes'] / med / 1e9:.2f}" if med else "-"))
     return text_table(rows)
