@@ -17,11 +17,12 @@ import mmap
 import os
 import threading
 import time
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from loadbench import cache
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCK = 8 << 20
 THREADS = 16
@@ -102,6 +103,7 @@ def page_cache_read(paths: list[str], seconds: float) -> dict[str, Any]:
 
 def host_to_device(device: torch.device, pinned: bool, seconds: float,
                    nbytes: int = 1 << 30) -> dict[str, Any]:
+    import torch
     src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
     src.fill_(1)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -139,17 +141,16 @@ def measure(paths: list[str], device: torch.device, seconds: float,
     return out
 
 
-def bound(ceilings: dict[str, Any] | None, resident: float) -> tuple[str | None, float | None]:
-    """(name, GB/s) of the limit that bounds a load starting at this residency.
+def limits_for(resident: float) -> tuple[str, str]:
+    """The two ceilings that bound a load starting at this residency: the read
+    (storage when mostly evicted, page cache when mostly resident), then the
+    pinned host-to-device copy."""
+    return ("storage_read" if resident < 0.5 else "page_cache_read"), "h2d_pinned"
 
-    Mostly evicted -> storage read; mostly resident -> page-cache read; then
-    no faster than pinned host-to-device when the device is a GPU.
-    """
-    if not ceilings:
-        return None, None
-    name = "storage_read" if resident < 0.5 else "page_cache_read"
-    candidates = [(name, (ceilings.get(name) or {}).get("gbps"))]
-    candidates.append(("h2d_pinned", (ceilings.get("h2d_pinned") or {}).get("gbps")))
+
+def bound(ceilings: dict[str, Any] | None, resident: float) -> tuple[str | None, float | None]:
+    """(name, GB/s) of the lower of the two limits_for(resident) that were measured."""
+    candidates = [(n, ((ceilings or {}).get(n) or {}).get("gbps")) for n in limits_for(resident)]
     candidates = [c for c in candidates if c[1]]
     if not candidates:
         return None, None

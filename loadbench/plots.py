@@ -6,6 +6,7 @@ import os
 from datetime import datetime
 from typing import Any
 
+from loadbench.ceilings import limits_for
 from loadbench.report import Group, rows
 
 
@@ -63,9 +64,8 @@ def throughput(g: Group, out: str, formats: list[str]) -> list[str]:
     ceilings = g.ceilings()
     names = {"storage_read": "storage read", "page_cache_read": "page-cache read",
              "h2d_pinned": "pinned host-to-device"}
-    wanted = [n for n in ("storage_read" if g.mode == "cold" else "page_cache_read", "h2d_pinned")
-              if n in ceilings]
-    binding = min((ceilings[n] for n in wanted), default=0.0)
+    wanted = [n for n in limits_for(g.resident()) if n in ceilings]
+    binding = g.bound()[1] or 0.0
     top = max([r["gbps"] for r in rs] + [binding, 1e-9]) * 1.25
     for name, style in zip(wanted, ["--", ":"]):
         value = ceilings[name]

@@ -12,10 +12,9 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from loadbench import stats
+from loadbench import ceilings, stats
 from loadbench.settings import model_slug
 
-CEILING_FOR_MODE = {"cold": "storage_read", "warm": "page_cache_read"}
 COLUMNS = ("library", "version", "n", "median s", "mean s (Tukey)", "removed", "p5 s", "p95 s",
            "GB/s", "% of ceiling", "tokens/s", "verified", "errors")
 
@@ -63,11 +62,15 @@ class Group:
                     best[name] = max(best.get(name, 0.0), c["gbps"])
         return best
 
+    def resident(self) -> float:
+        """Median measured residency before the group's loads (what bounds them)."""
+        values = [t["resident_before"] for d in self.docs for t in d["trials"]
+                  if t.get("resident_before") is not None]
+        return stats.percentile(sorted(values), 50) if values else float(self.mode != "cold")
+
     def bound(self) -> tuple[str | None, float | None]:
-        c = self.ceilings()
-        name = CEILING_FOR_MODE.get(self.mode)
-        options = [(n, c[n]) for n in (name, "h2d_pinned") if n in c]
-        return min(options, key=lambda o: o[1]) if options else (None, None)
+        """The binding ceiling, by the same rule each trial uses (ceilings.bound)."""
+        return ceilings.bound({n: {"gbps": v} for n, v in self.ceilings().items()}, self.resident())
 
 
 def _mode(doc: dict[str, Any]) -> str:

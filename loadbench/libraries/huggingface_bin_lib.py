@@ -13,7 +13,6 @@ import torch
 
 from loadbench.libraries import huggingface_lib
 from loadbench.libraries.context import LoadContext
-from loadbench.libraries.huggingface_lib import from_pretrained
 
 NAME = "huggingface-bin"
 FORMAT = "bin"
@@ -36,4 +35,4 @@ def save(model: torch.nn.Module, tokenizer: Any, folder: str) -> None:
 
 
 def load(ctx: LoadContext) -> torch.nn.Module:
-    return from_pretrained(ctx, use_safetensors=False)
+    return huggingface_lib.from_pretrained(ctx, use_safetensors=False)
