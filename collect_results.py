@@ -7,7 +7,7 @@
 
 import sys
 
-from loadbench.collect_cli import main
+from loadbench.cluster.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@
 
 import sys
 
-from loadbench.reporting_cli import main
+from loadbench.analysis.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

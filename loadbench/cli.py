@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from loadbench import saving, settings
-from loadbench.checkpoint import CheckpointError
+from loadbench.storage.checkpoint import CheckpointError
 from loadbench.libraries import NotInstalled
 from loadbench.models import ModelError
 

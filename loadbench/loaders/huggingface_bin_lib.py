@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from loadbench.libraries import huggingface_lib
-from loadbench.libraries.context import LoadContext
+from loadbench.loaders import huggingface_lib
+from loadbench.loaders.context import LoadContext
 
 NAME = "huggingface-bin"
 FORMAT = "bin"

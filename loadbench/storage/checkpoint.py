@@ -4,8 +4,9 @@
       manifest.json        written last, atomically: a checkpoint without it is incomplete
       config.json          the architecture, for meta-device skeletons
       tensorizer/          model.tensors
-      safetensors/         save_pretrained output (*.safetensors, config.json)
+      safetensors/         save_pretrained output (*.safetensors, sharded with an index when large)
       bin/                 config.json, pytorch_model.bin (legacy pickle)
+      flashpack/           model.flashpack
 
 Each format is written into a temporary sibling folder and renamed into place,
 so an interrupted save never leaves a folder that looks complete. Opening a
@@ -16,7 +17,6 @@ milliseconds rather than as a strange error deep inside a loader.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -24,13 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = "loadbench.manifest/1"
-FORMATS = ("tensorizer", "safetensors", "bin")
-
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing, incomplete or not the one asked for."""
+from loadbench.errors import CheckpointError
+from loadbench.schema.manifest import MANIFEST, MANIFEST_SCHEMA, problems as manifest_problems
 
 
 @dataclass(frozen=True)
@@ -63,28 +58,28 @@ class Checkpoint:
         return self.manifest["tensors"]
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON through a temporary file and a rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+STAGING_PREFIXES = (".{fmt}.partial-", ".{fmt}.old-")
 
 
 def staging(root: str, fmt: str) -> str:
     """A fresh temporary folder beside the format's final one."""
     os.makedirs(root, exist_ok=True)
     return tempfile.mkdtemp(dir=root, prefix=f".{fmt}.partial-")
+
+
+def remove_stale(root: str, formats: list[str] | tuple[str, ...]) -> list[str]:
+    """Remove what killed saves of these formats left behind (their staging
+    folders, by name, and nothing else): on a 60 GB model each one is 60 GB."""
+    removed: list[str] = []
+    if not os.path.isdir(root):
+        return removed
+    prefixes = tuple(p.format(fmt=f) for f in formats for p in STAGING_PREFIXES)
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.startswith(prefixes) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def publish(root: str, fmt: str, tmp_folder: str) -> None:
@@ -126,9 +121,10 @@ def read_manifest(root: str) -> dict[str, Any]:
         found = manifest.get("schema") if isinstance(manifest, dict) else None
         raise CheckpointError(f"{path}: schema is {found!r}, expected {MANIFEST_SCHEMA!r}; "
                               "run save_models.py again")
-    for key in ("model", "tensors", "formats"):
-        if key not in manifest:
-            raise CheckpointError(f"{path} lacks {key!r}; run save_models.py again")
+    bad = manifest_problems(manifest)
+    if bad:
+        raise CheckpointError(f"{path} is not a valid manifest ({'; '.join(bad[:3])}); "
+                              "run save_models.py again")
     return manifest
 
 

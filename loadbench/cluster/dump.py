@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from loadbench.results import iter_files
+from loadbench.schema import iter_files
 
 PREFIX = "LOADBENCH_FILE "
 
@@ -18,7 +18,7 @@ PREFIX = "LOADBENCH_FILE "
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m loadbench.dump RESULTS_DIR", file=sys.stderr)
+        print("usage: python -m loadbench.cluster.dump RESULTS_DIR", file=sys.stderr)
         return 2
     root = args[0]
     if not os.path.isdir(root):

@@ -6,8 +6,8 @@ import os
 from datetime import datetime
 from typing import Any
 
-from loadbench.ceilings import limits_for
-from loadbench.report import Group, rows
+from loadbench.storage.ceilings import limits_for
+from loadbench.analysis.summary import Group, rows
 
 
 def _plt() -> Any:

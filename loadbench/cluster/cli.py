@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loadbench import cluster
+from loadbench.cluster import collect as cluster
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from loadbench import results
-from loadbench.checkpoint import write_json_atomic
-from loadbench.dump import PREFIX as FILE_PREFIX
+from loadbench.schema import result as results
+from loadbench.storage.files import write_json_atomic
+from loadbench.cluster.dump import PREFIX as FILE_PREFIX
 
 
 class CollectError(RuntimeError):
@@ -70,7 +70,7 @@ def client_api(kubeconfig: str | None = None, context: str | None = None) -> tup
 
 def store(doc: Any, rel: str, dest: str, report: Report) -> None:
     """Validate and write one document under dest/rel, never clobbering a different file."""
-    problems = results.validate(doc)
+    problems = results.problems(doc)
     if problems:
         report.invalid.append((rel, "; ".join(problems)))
         return
@@ -148,7 +148,7 @@ def helper_pod(name: str, claim: str, image: str, results_path: str, sub_path: s
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "collect", "image": image,
-                "command": ["python", "-m", "loadbench.dump", f"{mount}/{results_path}".rstrip("/")],
+                "command": ["python", "-m", "loadbench.cluster.dump", f"{mount}/{results_path}".rstrip("/")],
                 "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}},
                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

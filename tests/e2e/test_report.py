@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loadbench import stats
+from loadbench.analysis import stats
 from tests.conftest import ROOT, run_script
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from loadbench.libraries.context import LoadContext
+from loadbench.loaders.context import LoadContext
 
 NAME = "huggingface"
 FORMAT = "safetensors"

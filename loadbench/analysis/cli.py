@@ -7,7 +7,9 @@ import os
 import sys
 import time
 
-from loadbench import plots, report, results
+from loadbench import schema
+from loadbench.analysis import figures as plots
+from loadbench.analysis import summary as report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     start = time.perf_counter()
-    docs, skipped = results.read_many(args.results_dir)
+    docs, skipped = schema.read_many(args.results_dir)
     groups = report.group(docs)
     errors = sum(len(g.errors) for g in groups)
     print(f"plot_results: {len(docs)} documents ({errors} with status error), "

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from loadbench import cache
+from loadbench.storage import cache
 
 if TYPE_CHECKING:
     import torch

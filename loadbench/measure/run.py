@@ -24,8 +24,8 @@ import torch
 
 from loadbench import cache, ceilings, checksums, environment, libraries, models, report, results, stats
 from loadbench import settings as settings_mod
-from loadbench.checkpoint import Checkpoint, CheckpointError, open_checkpoint
-from loadbench.libraries.context import LoadContext
+from loadbench.storage.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from loadbench.loaders.context import LoadContext
 from loadbench.models import ModelError
 from loadbench.settings import ConfigError
 

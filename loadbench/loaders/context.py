@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from loadbench.checkpoint import Checkpoint
+from loadbench.storage.checkpoint import Checkpoint
 
 
 @dataclass

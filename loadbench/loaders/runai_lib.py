@@ -12,8 +12,8 @@ import os
 import torch
 
 from loadbench import models
-from loadbench.libraries.context import LoadContext
-from loadbench.libraries.safetensors_lib import assign, weight_files
+from loadbench.loaders.context import LoadContext
+from loadbench.loaders.safetensors_lib import assign, weight_files
 
 NAME = "runai-streamer"
 FORMAT = "safetensors"

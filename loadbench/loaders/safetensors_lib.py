@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from loadbench import models
-from loadbench.libraries.context import LoadContext
+from loadbench.loaders.context import LoadContext
 
 NAME = "safetensors"
 FORMAT = "safetensors"

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import torch
 
 from loadbench import models
-from loadbench.libraries.context import LoadContext
+from loadbench.loaders.context import LoadContext
 
 NAME = "tensorizer"
 FORMAT = "tensorizer"

@@ -12,8 +12,9 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from loadbench import ceilings, stats
-from loadbench.settings import model_slug
+from loadbench.analysis import stats
+from loadbench.storage import ceilings
+from loadbench.config import model_slug
 
 COLUMNS = ("library", "version", "n", "median s", "mean s (Tukey)", "removed", "p5 s", "p95 s",
            "GB/s", "% of ceiling", "tokens/s", "verified", "errors")

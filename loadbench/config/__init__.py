@@ -1,0 +1,16 @@
+"""Every environment variable loadbench reads, declared once, resolved into a frozen `Settings`.
+
+    python -m loadbench.config --markdown    # the README's table, generated
+"""
+
+from loadbench.config.settings import (  # noqa: F401
+    SETTINGS,
+    Setting,
+    Settings,
+    label,
+    load,
+    markdown_table,
+    model_slug,
+    variants,
+)
+from loadbench.errors import ConfigError  # noqa: F401

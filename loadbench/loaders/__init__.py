@@ -1,0 +1,168 @@
+"""The only list of loading libraries: what each is, reads, and can be tuned with.
+
+Each entry names the module that holds the library's code (`load(ctx)`, and
+`save(model, tokenizer, folder)` for the library that owns a format), the
+checkpoint format it reads, the distribution whose version is recorded, and
+its options. Settings, reports and manifests derive every library name from
+here: adding a library touches its module and this table only.
+
+Options are typed and sweepable: the environment variable may list several
+values (`TZR_NUM_READERS=4,16,default`), one result document each. `default`
+leaves the library's own default in place, and the document records what the
+library then chose.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from loadbench.errors import NotInstalled
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tuning knob of one library, read from `env`, passed to the loader as `field`."""
+    field: str
+    env: str
+    kind: str          # "int" | "bool" | "choice" | "size"
+    help: str
+    default: str = "default"       # "default": the library's own choice
+    choices: tuple[str, ...] = ()
+    label: str = ""                # short form in labels; default: field without underscores
+
+    @property
+    def short(self) -> str:
+        return self.label or self.field.replace("_", "")
+
+
+@dataclass(frozen=True)
+class Library:
+    name: str
+    module: str
+    format: str
+    package: str
+    default: bool              # in the default run (LIBRARIES empty)
+    describe: str
+    options: tuple[Option, ...] = ()
+    owns_format: bool = False  # its save() writes `format`
+    needs_cuda: bool = False
+    weight_suffixes: tuple[str, ...] = field(default=())
+
+
+INSTANT_BACKENDS = ("URING", "URING_BUFFERED", "AIO", "AIO_BUFFERED", "MMAP", "CUFILE")
+
+LIBRARIES: tuple[Library, ...] = (
+    Library("tensorizer", "loadbench.loaders.tensorizer_lib", "tensorizer", "tensorizer", True,
+            "TensorDeserializer into a meta-device skeleton",
+            (Option("num_readers", "TZR_NUM_READERS", "int",
+                    "tensorizer: parallel readers (its I/O mode). A comma list sweeps."),
+             Option("verify_hash", "TZR_VERIFY_HASH", "bool",
+                    "tensorizer: verify its own per-tensor hashes while loading (timed).", "0")),
+            owns_format=True, weight_suffixes=(".tensors",)),
+    Library("safetensors", "loadbench.loaders.safetensors_lib", "safetensors", "safetensors", True,
+            "safetensors.torch.load_file straight onto the device, assigned into a meta skeleton",
+            owns_format=True, weight_suffixes=(".safetensors",)),
+    Library("huggingface", "loadbench.loaders.huggingface_lib", "safetensors", "transformers", True,
+            "from_pretrained on the safetensors checkpoint"),
+    Library("huggingface-bin", "loadbench.loaders.huggingface_bin_lib", "bin", "transformers", True,
+            "from_pretrained on a legacy pickle pytorch_model.bin (weights_only)",
+            owns_format=True, weight_suffixes=(".bin",)),
+    Library("fastsafetensors", "loadbench.loaders.fastsafetensors_lib", "safetensors",
+            "fastsafetensors", False,
+            "fastsafetensors: files copied to the device in bulk, tensors instantiated in place",
+            (Option("nogds", "FST_NOGDS", "bool",
+                    "fastsafetensors: 1 reads without GPUDirect Storage; 0 tries GDS.", "1"),
+             Option("cache", "FST_CACHE", "bool",
+                    "fastsafetensors: 1 reads through the page cache (disable_cache=False); "
+                    "0 or default is its own default, O_DIRECT that skips the page cache."),
+             Option("max_threads", "FST_MAX_THREADS", "int",
+                    "fastsafetensors: copy threads. A comma list sweeps."))),
+    Library("runai-streamer", "loadbench.loaders.runai_lib", "safetensors",
+            "runai-model-streamer", False,
+            "Run:ai Model Streamer: many reader threads, tensors copied as they stream",
+            (Option("concurrency", "RUNAI_CONCURRENCY", "int",
+                    "runai-streamer: reader threads (its RUNAI_STREAMER_CONCURRENCY)."),
+             Option("chunk_bytes", "RUNAI_CHUNK_BYTES", "size",
+                    "runai-streamer: bytes per read request (its RUNAI_STREAMER_CHUNK_BYTESIZE)."))),
+    Library("instanttensor", "loadbench.loaders.instanttensor_lib", "safetensors", "instanttensor",
+            False, "InstantTensor: one safe_open over all shards, pipelined I/O into the device",
+            (Option("backend", "IT_BACKEND", "choice",
+                    "instanttensor: I/O backend; URING is its default (direct I/O, skips the page "
+                    "cache), the *_BUFFERED ones and MMAP read through it. The default run "
+                    "measures both its default and URING_BUFFERED.",
+                    "default,URING_BUFFERED", INSTANT_BACKENDS),
+             Option("buffer_bytes", "IT_BUFFER_BYTES", "size", "instanttensor: I/O buffer size."),
+             Option("concurrency", "IT_CONCURRENCY", "int", "instanttensor: I/O concurrency.")),
+            needs_cuda=True),
+    Library("flashpack", "loadbench.loaders.flashpack_lib", "flashpack", "flashpack", False,
+            "flashpack: its own flat format, streamed into the device in chunks",
+            (Option("num_streams", "FP_NUM_STREAMS", "int", "flashpack: CUDA streams."),
+             Option("chunk_bytes", "FP_CHUNK_BYTES", "size", "flashpack: bytes per chunk.")),
+            owns_format=True, weight_suffixes=(".flashpack",)),
+    Library("reference", "loadbench.loaders.reference_lib", "safetensors", "loadbench", False,
+            "loadbench's own instrument, not a product: threads pread into a ring of pinned "
+            "buffers, async copies into one device allocation, tensors as views",
+            (Option("threads", "REF_THREADS", "int", "reference: reader threads.", "8"),
+             Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read.", "32M"),
+             Option("buffers", "REF_BUFFERS", "int",
+                    "reference: pinned buffers in the ring (each chunk_bytes).", "16"))),
+)
+
+BY_NAME = {lib.name: lib for lib in LIBRARIES}
+NAMES = tuple(BY_NAME)
+DEFAULT = tuple(lib.name for lib in LIBRARIES if lib.default)
+FORMATS = tuple(dict.fromkeys(lib.format for lib in LIBRARIES if lib.owns_format))
+FORMAT_OWNERS = {lib.format: lib.name for lib in LIBRARIES if lib.owns_format}
+
+
+def get(name: str) -> Library:
+    return BY_NAME[name]
+
+
+def module(name: str) -> ModuleType:
+    return importlib.import_module(BY_NAME[name].module)
+
+
+def version(package: str) -> str | None:
+    if package == "loadbench":
+        from loadbench import __version__
+        return __version__
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def require(name: str) -> ModuleType:
+    """The library's module, with its package imported (outside any timed region)."""
+    mod = module(name)
+    try:
+        mod.import_package()
+    except ImportError as e:
+        raise NotInstalled(
+            f"library {name!r} is not installed ({e}); install the {BY_NAME[name].package!r} "
+            f"package (pip install -r requirements-peers.txt) or drop it from LIBRARIES") from e
+    return mod
+
+
+def formats_for(names: list[str]) -> list[str]:
+    """The checkpoint formats the given libraries read, in a stable order."""
+    needed = {BY_NAME[n].format for n in names}
+    return [fmt for fmt in FORMATS if fmt in needed]
+
+
+def weight_suffixes(fmt: str) -> tuple[str, ...]:
+    return BY_NAME[FORMAT_OWNERS[fmt]].weight_suffixes
+
+
+def all_options() -> list[tuple[Library, Option]]:
+    return [(lib, o) for lib in LIBRARIES for o in lib.options]
+
+
+def package_names() -> list[str]:
+    return list(dict.fromkeys(lib.package for lib in LIBRARIES if lib.package != "loadbench"))
+
+

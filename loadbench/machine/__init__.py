@@ -1,0 +1,175 @@
+"""The machine a run measures: its device, identity, versions and memory peaks.
+
+Everything a result document says about where it was produced comes from here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+import torch
+
+from loadbench import loaders
+from loadbench.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """DEVICE as a torch.device; asking for a GPU that is not there is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"DEVICE={name} but no GPU is visible to torch {torch.__version__} "
+                f"(CUDA build: {torch.version.cuda or 'none'}): request nvidia.com/gpu in the pod, "
+                f"or set DEVICE=cpu")
+        count = torch.cuda.device_count()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= count:
+            raise ConfigError(f"DEVICE={name} but only {count} GPU(s) are visible")
+        device = torch.device("cuda", index)
+    return device
+
+
+def init_device(device: torch.device) -> None:
+    """Create the CUDA context before any clock starts: every library pays it equally."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.zeros(1, device=device)
+        torch.cuda.synchronize(device)
+
+
+def _driver_version() -> str | None:
+    try:
+        import pynvml  # from nvidia-ml-py, present on most CUDA images
+        pynvml.nvmlInit()
+        return str(pynvml.nvmlSystemGetDriverVersion())
+    except Exception:
+        pass
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+        return first.split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    if device.type != "cuda":
+        return {"type": "cpu", "name": platform.processor() or platform.machine(),
+                "driver": None, "cuda": None, "memory_bytes": None}
+    props = torch.cuda.get_device_properties(device)
+    return {"type": "cuda", "index": device.index, "name": props.name, "driver": _driver_version(),
+            "cuda": torch.version.cuda, "memory_bytes": props.total_memory,
+            "capability": f"{props.major}.{props.minor}"}
+
+
+def versions() -> dict[str, str | None]:
+    """python, torch and every package the registry knows, installed or not (None)."""
+    out: dict[str, str | None] = {"python": sys.version.split()[0], "torch": torch.__version__}
+    for name in loaders.package_names():
+        out[name] = loaders.version(name)
+    out["loadbench"] = loaders.version("loadbench")
+    return out
+
+
+def identity(ident: Mapping[str, Any]) -> dict[str, Any]:
+    """Who produced a document: the pod, its Job and node (Downward API), or this host."""
+    return {
+        "job": ident.get("JOB_NAME") or None,
+        "completion_index": ident.get("JOB_COMPLETION_INDEX"),
+        "pod": ident.get("POD_NAME") or None,
+        "pod_uid": ident.get("POD_UID") or None,
+        "node": ident.get("NODE_NAME") or socket.gethostname(),
+        "namespace": ident.get("POD_NAMESPACE") or None,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "python": sys.version.split()[0],
+    }
+
+
+def process_started_at() -> float:
+    """This process's start, as a Unix time: the pod's clock starts there, not at main()."""
+    try:
+        import psutil
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _hwm_bytes() is not None
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """The peak resident memory of a load.
+
+    The kernel keeps the peak itself (VmHWM), and it can be reset per trial,
+    so nothing runs during the load. Only where that reset is refused does a
+    thread sample RSS, every 20 ms: a 5 ms sampler competed with Python-heavy
+    loaders for the GIL (the fidelity A/B measures what is left).
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.method = "VmHWM"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = _rss_bytes()
+        if not _reset_hwm():
+            self.method = f"sampled every {self.interval * 1000:.0f} ms"
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        else:
+            self.peak = max(self.peak, _hwm_bytes() or 0)
+        self.peak = max(self.peak, _rss_bytes())

@@ -1,0 +1,1 @@
+"""Where the bytes live: the checkpoint folder, the page cache, and the machine's read limits."""
