@@ -1,29 +1,125 @@
-"""Entry-point glue: settings in, one clear line out on failure, exit codes."""
+"""The `loadbench` command and the four scripts' glue: help, settings in, one clear line out.
+
+    loadbench save      # save_models.py
+    loadbench bench     # deserialize_benchmark.py
+    loadbench report    # plot_results.py
+    loadbench collect   # collect_results.py
+
+Every command has --help, which prints and touches nothing. save and bench
+are configured by environment variables (as in the Job manifests) and take
+no arguments: an unknown argument is exit 2.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-import traceback
+from typing import Callable
 
-from loadbench import saving, settings
-from loadbench.storage.checkpoint import CheckpointError
-from loadbench.libraries import NotInstalled
-from loadbench.models import ModelError
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TRANSIENT, BadInput, Transient, one_line
+
+EXIT_CODES = """exit codes:
+  0    every trial (or the save) succeeded
+  1    a trial failed or mismatched, or an unexpected error (a retry may help)
+  2    bad configuration or input no retry fixes: unknown library or value, malformed MODEL_ID,
+       missing/truncated checkpoint, DEVICE=cuda without a GPU, a library not installed or one
+       that needs CUDA on a CPU, not enough disk for the save
+  3    transient: the model hub could not be reached
+  4    a result document could not be written (its LOADBENCH_RESULT line is still on stdout)
+  130  interrupted (SIGINT), 143 terminated (SIGTERM): an error document says during which trial"""
+
+SAVE_VARS = ("MODEL_ID", "MODEL_PATH", "DTYPE", "USE_FP16", "RANDOM_SEED", "SHARD_SIZE", "NUM_TRIALS",
+             "LIBRARIES", "SKIP_TZR", "SKIP_ST", "SKIP_HF", "DEVICE")
 
 
-def save_main(environ: dict[str, str] | None = None) -> int:
+def _env_help(names: tuple[str, ...] | None) -> str:
+    from loadbench.config.settings import SETTINGS
+    rows = [s for s in SETTINGS if names is None or s.name in names]
+    width = max(len(s.name) for s in rows)
+    lines = ["environment variables (default in brackets; the README's table has them all):"]
+    for s in rows:
+        lines.append(f"  {s.name.ljust(width)}  [{s.default or ''}]  {s.help}")
+    return "\n".join(lines)
+
+
+def _parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _env_only(prog: str, description: str, names: tuple[str, ...] | None, example: str,
+              argv: list[str] | None) -> None:
+    """--help for a command configured only by environment variables; exits on --help or junk."""
+    ap = _parser(prog, description, f"{_env_help(names)}\n\n{EXIT_CODES}\n\nexample:\n  {example}")
+    ap.parse_args(sys.argv[1:] if argv is None else argv)  # exits 0 on --help, 2 on junk
+
+
+def _log(prefix: str) -> Callable[[str], None]:
+    return lambda message: print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+
+
+def save_main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    _env_only("save_models.py", "Save MODEL_ID in every format the requested libraries read, with a "
+              "checksum of every tensor in manifest.json (written last).", SAVE_VARS,
+              "MODEL_ID=random/gpt-j-6b DEVICE=cuda python save_models.py", argv)
+    from loadbench import config
+    from loadbench.measure import saving
+    log = _log("save_models")
     env = dict(os.environ if environ is None else environ)
     try:
-        cfg = settings.load(env)
-        manifest = saving.save_all(cfg, saving.log)
-    except (settings.ConfigError, ModelError, NotInstalled, CheckpointError) as e:
-        saving.log(f"error: {e}")
-        return 2
+        cfg = config.load(env)
+        manifest = saving.save_all(cfg, log)
+    except BadInput as e:
+        log(f"error: {one_line(e)}")
+        return EXIT_BAD_INPUT
+    except Transient as e:
+        log(f"error: {one_line(e)}")
+        return EXIT_TRANSIENT
+    except KeyboardInterrupt:
+        log("interrupted: the checkpoint stays incomplete (no manifest.json); run the save again")
+        return 130
     except Exception as e:
+        import traceback
         traceback.print_exc()
-        saving.log(f"error: saving failed: {type(e).__name__}: {e}")
-        return 1
+        log(f"error: saving failed: {one_line(e)}")
+        return EXIT_FAILED
     print("\n" + saving.summary(manifest), file=sys.stderr)
-    saving.log(f"checkpoint complete: {cfg['MODEL_PATH']}/manifest.json")
+    log(f"checkpoint complete: {os.path.join(cfg.model_path, 'manifest.json')}")
     return 0
+
+
+def bench_main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    _env_only("deserialize_benchmark.py", "Time loading the saved checkpoint with each library, "
+              "verify every tensor, and write one result document per library.", None,
+              "MODEL_ID=random/gpt-j-6b CACHE_MODE=warm NUM_TRIALS=3 python deserialize_benchmark.py",
+              argv)
+    from loadbench.measure import run
+    return run.main(environ)
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    from loadbench.analysis.cli import main
+    return main(argv)
+
+
+def collect_main(argv: list[str] | None = None) -> int:
+    from loadbench.cluster.cli import main
+    return main(argv)
+
+
+COMMANDS = {"save": save_main, "bench": bench_main, "report": report_main, "collect": collect_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        print(__doc__.strip().split("\n\n")[0] + "\n\n" + "\n".join(
+            f"  loadbench {c} --help" for c in COMMANDS), file=sys.stderr if args and args[0] not in
+              ("-h", "--help") else sys.stdout)
+        return 0 if args and args[0] in ("-h", "--help") else EXIT_BAD_INPUT
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any, Callable, Iterator
 
 import torch
+
+from loadbench.errors import ModelError, Transient
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -34,7 +37,7 @@ def _llama(**kw: Any) -> Any:
 
 
 # Shapes from the published configs of facebook/opt-*, EleutherAI/gpt-j-6b and
-# meta-llama/Llama-2-7b-hf. opt-tiny is a small OPT for tests (about 7 MB in float16).
+# meta-llama/Llama-2-{7,13,70}b-hf. opt-tiny and llama-tiny are small shapes for tests.
 RANDOM_MODELS: dict[str, Callable[[], Any]] = {
     "opt-tiny": lambda: _opt(hidden_size=64, num_hidden_layers=2, ffn_dim=256,
                              num_attention_heads=4, word_embed_proj_dim=64,
@@ -49,11 +52,22 @@ RANDOM_MODELS: dict[str, Callable[[], Any]] = {
                                  num_hidden_layers=32, num_attention_heads=32,
                                  num_key_value_heads=32, max_position_embeddings=4096,
                                  rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "llama-2-13b": lambda: _llama(vocab_size=32000, hidden_size=5120, intermediate_size=13824,
+                                  num_hidden_layers=40, num_attention_heads=40,
+                                  num_key_value_heads=40, max_position_embeddings=4096,
+                                  rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "llama-2-70b": lambda: _llama(vocab_size=32000, hidden_size=8192, intermediate_size=28672,
+                                  num_hidden_layers=80, num_attention_heads=64,
+                                  num_key_value_heads=8, max_position_embeddings=4096,
+                                  rms_norm_eps=1e-5, tie_word_embeddings=False),
+    "llama-tiny": lambda: _llama(vocab_size=32000, hidden_size=64, intermediate_size=172,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                 max_position_embeddings=256, rms_norm_eps=1e-5,
+                                 tie_word_embeddings=False),
 }
 
 
-class ModelError(ValueError):
-    """A MODEL_ID that cannot be resolved; no retry fixes it."""
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 
 
 def is_random(model_id: str) -> bool:
@@ -69,7 +83,30 @@ def config_for(model_id: str) -> Any:
                              + ", ".join(f"random/{n}" for n in RANDOM_MODELS))
         return RANDOM_MODELS[name]()
     from transformers import AutoConfig
-    return AutoConfig.from_pretrained(model_id)
+    return _from_hub(model_id, AutoConfig.from_pretrained)
+
+
+def _from_hub(model_id: str, fetch: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call a hub loader, telling a malformed or unknown id (exit 2) from an
+    unreachable hub (exit 3, worth a retry)."""
+    local = os.path.isdir(os.path.expanduser(model_id))
+    if not local and (model_id.startswith((".", "/", "~")) or not HUB_ID.fullmatch(model_id)):
+        raise ModelError(f"MODEL_ID={model_id!r} is none of: a hub id (org/name), a local folder, "
+                         f"or random/<name> (known: {', '.join(RANDOM_MODELS)})")
+    try:
+        return fetch(os.path.expanduser(model_id) if local else model_id, **kwargs)
+    except Exception as e:
+        name = type(e).__name__
+        text = " ".join(str(e).split())
+        if name in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError") \
+                or "is not a valid model identifier" in text or "does not appear to have" in text:
+            raise ModelError(f"MODEL_ID={model_id!r}: {text[:300]}") from e
+        if name in ("LocalEntryNotFoundError", "ConnectionError", "Timeout", "ConnectTimeout",
+                    "ReadTimeout", "OfflineModeIsEnabled") or "connect" in text.lower() \
+                or "offline" in text.lower() or "timed out" in text.lower():
+            raise Transient(f"MODEL_ID={model_id!r}: the hub could not be reached ({text[:200]}); "
+                            f"a retry may succeed, or use a local folder or random/<name>") from e
+        raise
 
 
 @contextlib.contextmanager
@@ -136,12 +173,9 @@ def load_source(model_id: str, dtype: torch.dtype, device: torch.device, seed: i
     if is_random(model_id):
         return random_model(model_id, dtype, device, seed), None
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if model_id.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(model_id)):
-        raise ModelError(f"MODEL_ID={model_id!r} looks like a path but is not a folder; "
-                         "use a hub id (org/name), a local folder or random/<name>")
-    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).to(device).eval()
+    model = _from_hub(model_id, AutoModelForCausalLM.from_pretrained, dtype=dtype).to(device).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(model_id))
     except (OSError, ValueError):
         tokenizer = None
     return model, tokenizer

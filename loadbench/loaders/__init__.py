@@ -99,8 +99,13 @@ LIBRARIES: tuple[Library, ...] = (
             needs_cuda=True),
     Library("flashpack", "loadbench.loaders.flashpack_lib", "flashpack", "flashpack", False,
             "flashpack: its own flat format, streamed into the device in chunks",
-            (Option("num_streams", "FP_NUM_STREAMS", "int", "flashpack: CUDA streams."),
-             Option("chunk_bytes", "FP_CHUNK_BYTES", "size", "flashpack: bytes per chunk.")),
+            (Option("read_threads", "FP_READ_THREADS", "int",
+                    "flashpack: reader threads (its FLASHPACK_READ_THREADS)."),
+             Option("chunk_bytes", "FP_CHUNK_BYTES", "size",
+                    "flashpack: bytes per read (its FLASHPACK_READ_CHUNK_BYTES)."),
+             Option("direct_io", "FP_DIRECT_IO", "bool",
+                    "flashpack: 1 forces O_DIRECT, 0 buffered reads; default lets it decide from "
+                    "the file's residency (its FLASHPACK_DIRECT_IO).")),
             owns_format=True, weight_suffixes=(".flashpack",)),
     Library("reference", "loadbench.loaders.reference_lib", "safetensors", "loadbench", False,
             "loadbench's own instrument, not a product: threads pread into a ring of pinned "

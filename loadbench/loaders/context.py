@@ -1,10 +1,12 @@
-"""What a loader gets: the checkpoint, where to put it, and a clock to mark."""
+"""What a loader gets: the checkpoint, where to put it, its typed options, and a clock to mark."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -16,10 +18,11 @@ class LoadContext:
     checkpoint: Checkpoint
     device: torch.device
     dtype: torch.dtype
-    tuning: dict[str, Any]
-    settings: dict[str, Any]
+    options: Mapping[str, Any] = field(default_factory=dict)  # None: the library's own default
     marks: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # what the library chose, recorded
+    io_mode: str | None = None  # how the library reads: recorded and shown in reports
+    _config: Any = None
 
     def mark(self, name: str) -> None:
         """Record a point inside the timed region (e.g. the skeleton is built)."""
@@ -27,5 +30,29 @@ class LoadContext:
 
     @property
     def config(self) -> Any:
-        from transformers import AutoConfig
-        return AutoConfig.from_pretrained(self.checkpoint.root)
+        if self._config is None:
+            from transformers import AutoConfig
+            self._config = AutoConfig.from_pretrained(self.checkpoint.root)
+        return self._config
+
+
+@contextlib.contextmanager
+def scoped_env(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, remove) variables for one load, then restore them exactly.
+
+    Libraries that read their tuning from the environment get it for this load
+    only: in a sweep, the `default` variant really runs with the default."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

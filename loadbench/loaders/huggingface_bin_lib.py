@@ -14,18 +14,14 @@ import torch
 from loadbench.loaders import huggingface_lib
 from loadbench.loaders.context import LoadContext
 
-NAME = "huggingface-bin"
-FORMAT = "bin"
-PACKAGE = "transformers"
 FILE = "pytorch_model.bin"
-WEIGHT_SUFFIXES = (".bin",)
 
 
 def import_package() -> None:
     huggingface_lib.import_package()
 
 
-def save(model: torch.nn.Module, tokenizer: Any, folder: str) -> None:
+def save(model: torch.nn.Module, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
     # transformers 5 writes only safetensors; the legacy file is written by hand.
     model.config.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -1,38 +1,45 @@
 """runai-streamer: the Run:ai Model Streamer reading safetensors with many threads.
 
 Tensors arrive in host memory and are copied to the device as they stream,
-so reading and host-to-device copies overlap. Concurrency is the streamer's
-own RUNAI_STREAMER_CONCURRENCY, set from RUNAI_CONCURRENCY.
+so reading and host-to-device copies overlap. The streamer reads its tuning
+from environment variables when it starts streaming; they are set for this
+load only and restored after, so a sweep's `default` run really gets the
+streamer's default.
 """
 
 from __future__ import annotations
 
-import os
+from typing import Mapping
 
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, scoped_env
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
-NAME = "runai-streamer"
-FORMAT = "safetensors"
-PACKAGE = "runai-model-streamer"
+ENV = {"concurrency": "RUNAI_STREAMER_CONCURRENCY", "chunk_bytes": "RUNAI_STREAMER_CHUNK_BYTESIZE"}
 
 
 def import_package() -> None:
     import runai_model_streamer  # noqa: F401
 
 
+def streamer_env(options: Mapping[str, object]) -> dict[str, str | None]:
+    """The streamer's variables for these options; None where its own default applies."""
+    return {var: (None if options.get(opt) is None else str(options[opt])) for opt, var in ENV.items()}
+
+
 def load(ctx: LoadContext) -> torch.nn.Module:
     from runai_model_streamer import SafetensorsStreamer
-    if ctx.tuning.get("concurrency"):
-        os.environ["RUNAI_STREAMER_CONCURRENCY"] = str(ctx.tuning["concurrency"])
+    env = streamer_env(ctx.options)
+    ctx.info.update({k: (v if v is not None else "library default") for k, v in env.items()})
+    ctx.io_mode = "buffered reads (page cache), " + ", ".join(
+        f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     non_blocking = ctx.device.type == "cuda"
     state: dict[str, torch.Tensor] = {}
-    with SafetensorsStreamer() as streamer:
+    with scoped_env(env), SafetensorsStreamer() as streamer:
         streamer.stream_files(weight_files(ctx.checkpoint.folder))
         for name, tensor in streamer.get_tensors():
             state[name] = tensor.to(ctx.device, non_blocking=non_blocking)

@@ -11,25 +11,25 @@ import torch
 from loadbench import models
 from loadbench.loaders.context import LoadContext
 
-NAME = "safetensors"
-FORMAT = "safetensors"
-PACKAGE = "safetensors"
-WEIGHT_SUFFIXES = (".safetensors",)
+INDEX = "model.safetensors.index.json"
 
 
 def import_package() -> None:
     import safetensors.torch  # noqa: F401
 
 
-def save(model: torch.nn.Module, tokenizer: Any, folder: str) -> None:
-    """save_pretrained: the layout the Hub uses (sharded with an index when large)."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save(model: torch.nn.Module, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
+    """save_pretrained: the Hub's layout, sharded with model.safetensors.index.json
+    when the model is larger than `shard_bytes` (None: one file)."""
+    shard = shard_bytes if shard_bytes else 1 << 62
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size=shard)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
 
 def weight_files(folder: str) -> list[str]:
-    index = os.path.join(folder, "model.safetensors.index.json")
+    """Every shard, from the index when there is one."""
+    index = os.path.join(folder, INDEX)
     if os.path.exists(index):
         with open(index) as f:
             names = sorted(set(json.load(f)["weight_map"].values()))
@@ -52,6 +52,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     device = str(ctx.device)
+    ctx.io_mode = "mmap (page cache)"
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(ctx.checkpoint.folder):
         state.update(load_file(path, device=device))

@@ -11,18 +11,14 @@ import torch
 from loadbench import models
 from loadbench.loaders.context import LoadContext
 
-NAME = "tensorizer"
-FORMAT = "tensorizer"
-PACKAGE = "tensorizer"
 FILE = "model.tensors"
-WEIGHT_SUFFIXES = (".tensors",)
 
 
 def import_package() -> None:
     import tensorizer  # noqa: F401
 
 
-def save(model: torch.nn.Module, tokenizer: Any, folder: str) -> None:
+def save(model: torch.nn.Module, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
     from tensorizer import TensorSerializer
     serializer = TensorSerializer(os.path.join(folder, FILE))
     with _untied(model):
@@ -59,12 +55,13 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     from tensorizer import TensorDeserializer
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
-    kwargs: dict[str, Any] = {"device": ctx.device,
-                              "verify_hash": bool(ctx.settings.get("TZR_VERIFY_HASH"))}
-    if ctx.tuning.get("num_readers"):
-        kwargs["num_readers"] = ctx.tuning["num_readers"]
+    kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
+    if ctx.options.get("num_readers"):
+        kwargs["num_readers"] = ctx.options["num_readers"]
     deserializer = TensorDeserializer(os.path.join(ctx.checkpoint.folder, FILE), **kwargs)
-    ctx.info["num_readers"] = getattr(deserializer, "_num_readers", None)
+    readers = getattr(deserializer, "_num_readers", None)
+    ctx.info["num_readers"] = readers
+    ctx.io_mode = f"buffered reads (page cache), {readers} reader(s)"
     try:
         deserializer.load_into_module(model)
     finally:

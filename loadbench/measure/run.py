@@ -1,269 +1,287 @@
-"""Deserialization benchmark: what one pod does, start to finish.
+"""One pod's run, start to finish: what deserialize_benchmark.py does.
 
-For each library (and each value of its tuning sweep), for each trial:
-bring the page cache into the asked state and measure it, time skeleton +
-weights until the device is synchronized, then (outside the timed region)
-verify every tensor against the manifest, optionally generate tokens, and
-record memory peaks. One result document per library, written atomically
-and echoed as one `LOADBENCH_RESULT` line.
+For each library variant, for each trial (measure/trial.py): cache state,
+timed load, verification, inference. One result document per variant,
+written exclusively and atomically and echoed as one `LOADBENCH_RESULT` line
+where logs are collected. The pod's whole time is accounted for: process
+start, imports, device init, ceilings (measured or reused), then per
+library its preparation, trials and writing.
 
-Exit codes: 0 all trials ok; 1 a trial failed (retryable); 2 bad
-configuration or input that no retry can fix.
+Exit codes (errors.py): 0 all trials ok; 1 a trial failed (retryable); 2 bad
+configuration or input no retry can fix; 3 transient; 4 a result document
+could not be written; 128+N terminated by signal N, after an error document
+saying during which trial.
 """
 
 from __future__ import annotations
 
-import gc
 import os
+import signal
 import sys
 import time
-import traceback
 from typing import Any, Callable
 
 import torch
 
-from loadbench import cache, ceilings, checksums, environment, libraries, models, report, results, stats
-from loadbench import settings as settings_mod
-from loadbench.storage.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from loadbench import config, loaders, machine, models
+from loadbench.terminal import text_table
+from loadbench.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_NOT_WRITTEN,
+    EXIT_OK,
+    BadInput,
+    ConfigError,
+    NeedsCUDA,
+    one_line,
+)
 from loadbench.loaders.context import LoadContext
-from loadbench.models import ModelError
-from loadbench.settings import ConfigError
+from loadbench.measure import document, trial
+from loadbench.measure.document import fail, now
+from loadbench.storage import ceilings
+from loadbench.storage.checkpoint import open_checkpoint
 
-EXIT_OK, EXIT_TRIAL_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-BAD_INPUT = (ConfigError, CheckpointError, ModelError, libraries.NotInstalled)
-PROMPT = "The quickest way to move a model from storage to a GPU is"
-FALLBACK_IDS = [2, 133, 2119, 169, 7, 517, 10, 1421, 31, 2166, 7, 10, 22858, 16]
-
-
-def log(message: str) -> None:
-    print(f"loadbench: {message}", file=sys.stderr, flush=True)
+log = trial.log
 
 
-def where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
+class Terminated(BaseException):
+    """SIGTERM or SIGINT arrived: finish the document in flight, then exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def _prompt_ids(ckpt: Checkpoint, vocab_size: int, device: torch.device) -> torch.Tensor:
-    """The checkpoint's tokenizer on a fixed prompt, else fixed token ids."""
-    ids = None
-    if os.path.exists(os.path.join(ckpt.root, "tokenizer_config.json")):
-        from transformers import AutoTokenizer
-        ids = AutoTokenizer.from_pretrained(ckpt.root)(PROMPT)["input_ids"]
-    if not ids:
-        ids = [i % vocab_size for i in FALLBACK_IDS]
-    return torch.tensor([ids], device=device)
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
 
 
-@torch.no_grad()
-def generate(model: torch.nn.Module, ckpt: Checkpoint, device: torch.device, new_tokens: int
-             ) -> dict[str, Any]:
-    """Greedy tokens/s after a short warm-up, and the ids, to compare libraries."""
-    input_ids = _prompt_ids(ckpt, model.config.vocab_size, device)
-    kwargs = dict(do_sample=False, attention_mask=torch.ones_like(input_ids),
-                  pad_token_id=model.config.eos_token_id or 0)
-    model.generate(input_ids, max_new_tokens=2, min_new_tokens=2, **kwargs)
-    models.synchronize(device)
-    start = time.perf_counter()
-    out = model.generate(input_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-    models.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": new_tokens / seconds, "inference_s": seconds,
-            "output_ids": out[0, input_ids.shape[1]:].tolist()}
+class Pod:
+    """The pod's clock: phases since the process started, shared by its documents."""
+
+    def __init__(self) -> None:
+        self.started = machine.process_started_at()
+        self.phases: list[dict[str, Any]] = [
+            {"name": "startup and imports", "seconds": max(0.0, time.time() - self.started)}]
+        self._t = time.perf_counter()
+
+    def phase(self, name: str) -> None:
+        """Close the phase that ran since the last call, under `name`."""
+        t = time.perf_counter()
+        self.phases.append({"name": name, "seconds": t - self._t})
+        self._t = t
+
+    def record(self, own: list[dict[str, Any]]) -> dict[str, Any]:
+        from datetime import datetime, timezone
+        return {"process_started_at": datetime.fromtimestamp(self.started, timezone.utc).isoformat(),
+                "phases": self.phases + own, "total_s": max(0.0, time.time() - self.started)}
 
 
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device,
+                  shared: dict[str, Any]) -> dict[str, Any] | None:
+    if cfg.ceilings == "off":
+        return None
+    if "ceilings" not in shared:
+        if cfg.ceilings == "measure":
+            shared["ceilings"] = dict(ceilings.measure(paths, device, cfg.ceiling_seconds, log),
+                                      source="measured")
+        else:
+            node = cfg.identity.get("NODE_NAME") or machine.identity({})["node"]
+            shared["ceilings"] = ceilings.for_node(cfg.res_path, cfg.run_id, node, paths, device,
+                                                   cfg.ceiling_seconds, log)
+    return shared["ceilings"]
 
 
-def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
-              tuning: dict[str, Any], cfg: dict[str, Any], measured: dict[str, Any] | None
-              ) -> dict[str, Any]:
-    _release(device)
-    mode = cfg["CACHE_MODE"]
-    resident = cache.prepare(mode, ckpt.weight_files)
-    trial: dict[str, Any] = {k: None for k in results.TRIAL_KEYS}
-    trial.update(status="ok", cache_mode=mode, resident_before=resident, mismatches=[],
-                 tensors_verified=0, warnings=[], verify_s=None, tokens_per_s=None,
-                 output_ids=None)
-    warning = cache.check(mode, resident)
-    if warning:
-        log("WARNING: " + warning)
-        trial["warnings"].append(warning)
-    ctx = LoadContext(ckpt, device, dtype, tuning, cfg)
-    model = None
-    trial["started_at"] = results.now()
+def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device,
+                shared: dict[str, Any], pod: Pod) -> tuple[dict[str, Any], int]:
+    label = config.label(lib, options)
+    doc = document.new_document(lib, label, options, cfg)
+    doc["settings"]["DEVICE_RESOLVED"] = str(device)
+    spec = loaders.get(lib)
+    own: list[dict[str, Any]] = []
+    t = time.perf_counter()
+    done = 0
     try:
-        with environment.PeakRSS() as rss:
-            start = time.perf_counter()
-            model = mod.load(ctx)
-            models.synchronize(device)
-            end = time.perf_counter()
-    except Exception as e:
-        trial["finished_at"] = results.now()
-        trial.update(status="error", error=results.error_info(e, where(e)))
-        log(f"{mod.NAME}: load failed: {type(e).__name__}: {e}")
-        return trial
-    trial["library_info"] = ctx.info
-    skeleton_at = ctx.marks.get("skeleton")
-    total = end - start
-    nbytes = ckpt.manifest["model"]["bytes"]
-    trial.update(
-        skeleton_s=(skeleton_at - start) if skeleton_at else None,
-        weights_s=end - (skeleton_at or start), total_s=total, gbps=nbytes / total / 1e9,
-        peak_rss_bytes=rss.peak,
-        peak_device_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
-    name, limit = ceilings.bound(measured, resident)
-    if limit:
-        trial.update(ceiling=name, ceiling_gbps=limit, ceiling_fraction=trial["gbps"] / limit)
-
-    verify_start = time.perf_counter()
-    verified, mismatches = checksums.verify(models.state(model), ckpt.tensors, device)
-    trial["verify_s"] = time.perf_counter() - verify_start
-    trial.update(tensors_verified=verified, mismatches=mismatches)
-    if mismatches:
-        trial["status"] = "mismatch"
-        log(f"{mod.NAME}: {len(mismatches)} tensor(s) do not match the manifest, first: "
-            f"{mismatches[0]['tensor']}: {mismatches[0]['problem']}")
-    elif not cfg["SKIP_INFERENCE"]:
-        try:
-            trial.update(generate(model, ckpt, device, cfg["MAX_NEW_TOKENS"]))
-        except Exception as e:
-            trial.update(status="error", error=results.error_info(e, where(e)))
-            log(f"{mod.NAME}: inference failed: {type(e).__name__}: {e}")
-    trial["finished_at"] = results.now()
-    del model
-    _release(device)
-    return trial
-
-
-def run_library(lib: str, tuning: dict[str, Any], cfg: dict[str, Any], device: torch.device,
-                shared: dict[str, Any], progress: Callable[[str], None]) -> tuple[dict, int]:
-    label = settings_mod.label(lib, tuning)
-    doc = results.new_document(lib, label, tuning, cfg)
-    try:
-        mod = libraries.require(lib)
-        doc["versions"] = environment.versions(mod.PACKAGE)
-        ckpt = open_checkpoint(cfg["MODEL_PATH"], mod.FORMAT, cfg["MODEL_ID"], cfg["DTYPE"])
-        doc["model"] = dict(ckpt.manifest["model"], format=mod.FORMAT,
-                            file_bytes=ckpt.bytes, files=len(ckpt.files))
-        doc["device"] = environment.device_info(device)
-        if cfg["CEILINGS"] and "ceilings" not in shared:
-            shared["ceilings"] = ceilings.measure(ckpt.weight_files, device,
-                                                  cfg["CEILING_SECONDS"], progress)
-        doc["ceilings"] = shared.get("ceilings")
-        dtype = models.DTYPES[cfg["DTYPE"]]
+        mod = loaders.require(lib)
+        doc["versions"] = machine.versions()
+        doc["device"] = machine.device_info(device)
+        if spec.needs_cuda and device.type != "cuda":
+            raise NeedsCUDA(f"library {lib!r} needs CUDA: it loads only onto CUDA devices, and "
+                            f"DEVICE={cfg.device} resolved to {device}; run it on a GPU node or drop "
+                            f"it from LIBRARIES")
+        ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
+        doc["model"] = dict(ckpt.manifest["model"], format=spec.format, file_bytes=ckpt.bytes,
+                            files=len(ckpt.files))
+        before = time.perf_counter()
+        doc["ceilings"] = node_ceilings(cfg, ckpt.weight_files, device, shared)
+        if doc["ceilings"] is not None and "ceilings_s" not in shared:
+            shared["ceilings_s"] = time.perf_counter() - before
+            own.append({"name": "ceilings", "seconds": shared["ceilings_s"]})
+        dtype = models.DTYPES[cfg.dtype]
         # Import the architecture's modeling code once, untimed: the first
         # library would otherwise pay for every library's imports.
-        models.skeleton(LoadContext(ckpt, device, dtype, tuning, cfg).config, dtype)
+        models.skeleton(LoadContext(ckpt, device, dtype, options).config, dtype)
+        own.append({"name": "prepare", "seconds": time.perf_counter() - t
+                    - sum(p["seconds"] for p in own)})
+        inference = None if cfg.skip_inference else (cfg.max_new_tokens, cfg.inference_runs)
         code = EXIT_OK
-        for i in range(cfg["NUM_TRIALS"]):
-            trial = run_trial(mod, ckpt, device, dtype, tuning, cfg, doc["ceilings"])
-            doc["trials"].append(trial)
-            doc["warnings"].extend(trial.get("warnings", []))
-            progress(_trial_line(label, i, cfg["NUM_TRIALS"], trial))
-            if trial["status"] != "ok":
-                code = EXIT_TRIAL_FAILED
+        t = time.perf_counter()
+        for i in range(cfg.num_trials):
+            one, ctx = trial.run_trial(mod, ckpt, device, dtype, options, cfg.cache_mode,
+                                       doc["ceilings"], inference)
+            doc["trials"].append(one)
+            done = i + 1
+            doc["io_mode"] = ctx.io_mode or doc["io_mode"]
+            doc["warnings"].extend(one.get("warnings") or [])
+            log(trial.line(label, i, cfg.num_trials, one))
+            if one["status"] != "ok":
+                code = EXIT_FAILED
+        own.append({"name": "trials", "seconds": time.perf_counter() - t})
+        beaten = sorted({x["ceiling"] for x in doc["trials"] if x.get("ceiling_beaten")})
+        if beaten and doc["ceilings"] is not None:
+            doc["ceilings"]["unreliable"] = beaten
         if code:
-            bad = [t for t in doc["trials"] if t["status"] != "ok"]
+            bad = [x for x in doc["trials"] if x["status"] != "ok"]
             doc["status"] = "error"
             doc["error"] = {"type": "TrialFailed", "where": "trials",
                             "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
-                                       f"first: {_trial_problem(bad[0])}"}
-    except BAD_INPUT as e:
-        results.fail(doc, e, where(e))
-        log(f"{label}: {e}")
+                                       f"first: {trial.problem(bad[0])}"}
+    except Terminated as e:
+        fail(doc, e, f"trial {done + 1}")
+        doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {cfg.num_trials}; "
+                                   f"{done} trial(s) done are kept")
+        doc["finished_at"] = now()
+        doc["pod"] = pod.record(own)
+        raise _Finished(doc, 128 + e.signum) from None
+    except BadInput as e:
+        fail(doc, e, trial.where(e))
+        log(f"{label}: {one_line(e)}")
         code = EXIT_BAD_INPUT
     except Exception as e:
-        results.fail(doc, e, where(e))
-        log(f"{label}: unexpected {type(e).__name__}: {e} (at {where(e)})")
-        code = EXIT_TRIAL_FAILED
-    doc["finished_at"] = results.now()
+        fail(doc, e, trial.where(e))
+        log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
+        code = EXIT_FAILED
+    doc["finished_at"] = now()
+    doc["pod"] = pod.record(own)
     return doc, code
 
 
-def _trial_problem(trial: dict[str, Any]) -> str:
-    """What went wrong in a failed trial, in one line."""
-    if trial["status"] == "mismatch":
-        m = trial["mismatches"]
-        return (f"{len(m)} tensor(s) differ from the manifest, e.g. {m[0]['tensor']}: "
-                f"{m[0]['problem']}")
-    e = trial.get("error") or {}
-    return f"{e.get('type')}: {e.get('message')} (at {e.get('where')})"
+class _Finished(BaseException):
+    """Carries the last document out of a terminated run."""
 
-
-def _trial_line(label: str, i: int, n: int, t: dict[str, Any]) -> str:
-    if t["total_s"] is None:
-        return f"{label} trial {i + 1}/{n}: {t['status']}"
-    frac = f", {t['ceiling_fraction']:.0%} of {t['ceiling']}" if t.get("ceiling_fraction") else ""
-    return (f"{label} trial {i + 1}/{n}: {t['status']}, {t['total_s']:.3f} s, "
-            f"{t['gbps']:.2f} GB/s{frac}, resident before {t['resident_before']:.0%}, "
-            f"verified {t['tensors_verified']} tensors in {t.get('verify_s') or 0:.3f} s")
+    def __init__(self, doc: dict[str, Any], code: int) -> None:
+        super().__init__(code)
+        self.doc, self.code = doc, code
 
 
 def summary_table(docs: list[dict[str, Any]]) -> str:
-    rows = [("library", "trials ok", "median total s", "GB/s", "verified")]
+    """The terminal's table: the median of each variant's verified trials."""
+    import statistics
+    rows = [("library", "io mode", "trials ok", "median s", "GB/s", "verified")]
     for doc in docs:
-        ok = [t for t in doc["trials"] if t["status"] == "ok"]
-        totals = sorted(t["total_s"] for t in ok)
-        med = stats.percentile(totals, 50) if totals else None
+        ok = [x["total_s"] for x in doc["trials"] if x["status"] == "ok"]
+        med = statistics.median(ok) if ok else None
         gbps = doc["model"]["bytes"] / med / 1e9 if med and doc.get("model") else None
         verified = "yes" if ok and len(ok) == len(doc["trials"]) else (
-            doc["error"]["message"][:40] if doc.get("error") else "no")
-        rows.append((doc["label"], f"{len(ok)}/{len(doc['trials'])}",
+            (doc.get("error") or {}).get("message") or "no")
+        rows.append((doc["label"], doc.get("io_mode") or "-", f"{len(ok)}/{len(doc['trials'])}",
                      f"{med:.3f}" if med else "-", f"{gbps:.2f}" if gbps else "-", verified))
-    return report.text_table(rows)
+    return text_table(rows, wrap=60)
+
+
+def result_lines_wanted(setting: str) -> bool:
+    if setting == "auto":
+        return not sys.stdout.isatty()
+    return setting == "1"
+
+
+class Emitter:
+    """Prints and writes documents; remembers what could not be written."""
+
+    def __init__(self, res_path: str | None, lines: bool) -> None:
+        self.res_path, self.lines = res_path, lines
+        self.unwritten: list[str] = []
+
+    def __call__(self, doc: dict[str, Any]) -> None:
+        path_error = None
+        if self.res_path:
+            try:
+                log(f"wrote {document.write(doc, self.res_path)}")
+            except OSError as e:
+                path_error = e
+        if self.lines or path_error:  # the logs keep the data when the volume lost it
+            print(document.log_line(doc), flush=True)
+        if path_error:
+            self.unwritten.append(doc["label"])
+            log(f"could not write the {doc['label']} document under RES_PATH={self.res_path!r}: "
+                f"{one_line(path_error)}; its LOADBENCH_RESULT line is on stdout")
 
 
 def config_error_document(exc: BaseException, environ: dict[str, str]) -> dict[str, Any]:
-    cfg = {k: environ.get(k) for k in settings_mod.BY_NAME if k in environ}
-    cfg.setdefault("RUN_ID", environ.get("RUN_ID") or "config-error")
-    doc = results.new_document("none", "config-error", {}, cfg)
-    return results.fail(doc, exc, "settings")
+    recorded = {k: environ.get(k) for k in config.settings.BY_NAME if k in environ}
+    recorded["RUN_ID"] = environ.get("RUN_ID") if _safe(environ.get("RUN_ID")) else "config-error"
+    doc = document.new_document("none", "config-error", {}, None, recorded, recorded)
+    return fail(doc, exc, "settings")
 
 
-def emit(doc: dict[str, Any], res_path: str | None) -> None:
-    print(results.log_line(doc), flush=True)
-    if res_path:
-        try:
-            path = results.write(doc, res_path)
-            log(f"wrote {path}")
-        except OSError as e:
-            log(f"could not write the result document under RES_PATH={res_path!r}: {e}")
+def _safe(run_id: str | None) -> bool:
+    import re
+    return bool(run_id) and bool(re.fullmatch(r"[A-Za-z0-9._-]+", run_id or "")) and run_id not in (".", "..")
 
 
-def main(environ: dict[str, str] | None = None) -> int:
+def main(environ: dict[str, str] | None = None, progress: Callable[[str], None] = log) -> int:
+    pod = Pod()
     env = dict(os.environ if environ is None else environ)
+    old = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        cfg = settings_mod.load(env)
-        device = environment.resolve_device(cfg["DEVICE"])
+        return _main(env, pod)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _main(env: dict[str, str], pod: Pod) -> int:
+    try:
+        cfg = config.load(env)
+        device = machine.resolve_device(cfg.device)
     except ConfigError as e:
-        emit(config_error_document(e, env), env.get("RES_PATH") or "./results")
-        log(f"configuration error: {e}")  # the last line: what was wrong and where
+        emit = Emitter(env.get("RES_PATH") or "./results",
+                       result_lines_wanted((env.get("RESULT_LINES") or "auto").strip().lower()))
+        emit(config_error_document(e, env))
+        log(f"configuration error: {one_line(e)}")  # the last line: what was wrong and where
         return EXIT_BAD_INPUT
-    values = cfg.as_dict()
-    values["DEVICE_RESOLVED"] = str(device)
-    environment.init_device(device)
-    log(f"run {values['RUN_ID']}: {values['MODEL_ID']} from {values['MODEL_PATH']} on {device}, "
-        f"{values['CACHE_MODE']}, {values['NUM_TRIALS']} trial(s) each of "
-        f"{', '.join(settings_mod.label(lib, t) for lib, t in settings_mod.variants(cfg))}")
+    emit = Emitter(cfg.res_path, result_lines_wanted(cfg.result_lines))
+    machine.init_device(device)
+    pod.phase("device init")
+    plan = config.variants(cfg)
+    log(f"run {cfg.run_id}: {cfg.model_id} from {cfg.model_path} on {device}, {cfg.cache_mode}, "
+        f"{cfg.num_trials} trial(s) each of {', '.join(config.label(lib, o) for lib, o in plan)}")
     shared: dict[str, Any] = {}
     docs, code = [], EXIT_OK
-    for lib, tuning in settings_mod.variants(cfg):
-        doc, lib_code = run_library(lib, tuning, values, device, shared, log)
-        emit(doc, values["RES_PATH"])
-        docs.append(doc)
-        code = max(code, lib_code)
+    try:
+        for lib, options in plan:
+            doc, lib_code = run_library(lib, options, cfg, device, shared, pod)
+            emit(doc)
+            docs.append(doc)
+            code = max(code, lib_code)
+    except _Finished as f:
+        emit(f.doc)
+        log(f"{f.doc['label']}: {f.doc['error']['message']} (exit {f.code})")
+        return f.code
+    except Terminated as e:  # between libraries: nothing in flight
+        log(f"terminated by {e} between libraries (exit {128 + e.signum})")
+        return 128 + e.signum
     print("\n" + summary_table(docs), file=sys.stderr, flush=True)
+    if emit.unwritten:
+        log(f"{len(emit.unwritten)} result document(s) could not be written under RES_PATH="
+            f"{cfg.res_path!r} ({', '.join(emit.unwritten)}); their LOADBENCH_RESULT lines are on "
+            f"stdout (exit {EXIT_NOT_WRITTEN})")
+        return EXIT_NOT_WRITTEN
     failed = [d for d in docs if d["status"] != "ok"]
     if failed:  # the last line names what went wrong, not a table row
         e = failed[0]["error"] or {}
-        log(f"{len(failed)} of {len(docs)} failed; {failed[0]['label']}: {e.get('message')} "
-            f"(exit {code})")
+        log(f"{len(failed)} of {len(docs)} failed; {failed[0]['label']}: {e.get('message')} (exit {code})")
+    else:
+        log(f"all {len(docs)} ok: {sum(len(d['trials']) for d in docs)} verified load(s); documents "
+            f"under {os.path.join(cfg.res_path, cfg.run_id)}")
     return code

@@ -3,33 +3,70 @@
 The manifest is removed before anything is written and written again only
 at the end, atomically: while a save runs, or after one was killed, the
 checkpoint is visibly incomplete and the benchmark refuses it (exit 2).
+Before writing, the save removes what its own killed predecessors left
+(staging folders, by name) and checks that the formats fit on the volume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import statistics
 import sys
 import time
 from typing import Any, Callable
 
 import torch
 
-from loadbench import checksums, environment, libraries, models, stats
-from loadbench.checkpoint import (
-    FORMATS,
-    MANIFEST,
-    MANIFEST_SCHEMA,
-    CheckpointError,
-    file_entries,
-    publish,
-    read_manifest,
-    staging,
-    write_json_atomic,
-)
-from loadbench.report import text_table
-from loadbench.settings import Settings, model_slug
+from loadbench import loaders, machine, models
+from loadbench.config import Settings, model_slug
+from loadbench.config.settings import parse_size
+from loadbench.errors import BadInput, CheckpointError
+from loadbench.measure import checksums
+from loadbench.schema.manifest import MANIFEST, MANIFEST_SCHEMA
+from loadbench.storage.checkpoint import file_entries, publish, read_manifest, remove_stale, staging
+from loadbench.storage.files import write_json_atomic
+from loadbench.terminal import human_bytes, human_count, text_table
+
+HUB_SHARD = 5 << 30  # the Hub's long-standing 5 GB shards (transformers 5 defaults to 50 GB)
+SPACE_MARGIN = 1.05   # headers, config files, the filesystem's own overhead
+
+
+class NoSpace(BadInput):
+    """The volume cannot hold the checkpoint: a bigger PVC or fewer formats, not a retry."""
+
+
+def shard_bytes(setting: str, model_bytes: int) -> int | None:
+    """Largest safetensors file for SHARD_SIZE; None means one file."""
+    if setting == "none":
+        return None
+    if setting == "auto":
+        return HUB_SHARD if model_bytes > HUB_SHARD else None
+    return parse_size("SHARD_SIZE", setting)
+
+
+def check_space(root: str, needed: int) -> None:
+    """Fail at once, before hours of writing, when the formats cannot fit."""
+    probe = root
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "."
+    free = shutil.disk_usage(probe).free
+    if needed * SPACE_MARGIN > free:
+        raise NoSpace(f"saving needs {needed * SPACE_MARGIN / 1e9:.1f} GB, {free / 1e9:.1f} GB free on "
+                      f"{probe}: use a larger volume or fewer LIBRARIES (each format is a full copy)")
+
+
+def no_space_message(exc: BaseException, folder: str) -> str | None:
+    """ENOSPC, however a writer reports it (torch's `unexpected pos`, an OSError)."""
+    text = str(exc)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "unexpected pos" in text \
+            or "No space left" in text:
+        free = shutil.disk_usage(folder).free if os.path.exists(folder) else 0
+        return (f"no space left on {folder} while saving ({free / 1e9:.2f} GB free now): use a "
+                f"larger volume or fewer LIBRARIES")
+    return None
 
 
 def _fsync_folder(folder: str) -> None:
@@ -71,19 +108,23 @@ def _previous_formats(root: str, model_info: dict[str, Any], tensors: dict[str, 
 
 
 def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
-    root = cfg["MODEL_PATH"]
-    model_id = cfg["MODEL_ID"]
-    device = environment.resolve_device(cfg["DEVICE"])
-    dtype = models.DTYPES[cfg["DTYPE"]]
-    formats = libraries.formats_for(cfg["LIBRARIES"])
-    owners = {fmt: libraries.require(libraries.FORMAT_OWNERS[fmt]) for fmt in formats}
+    root = cfg.model_path
+    model_id = cfg.model_id
+    device = machine.resolve_device(cfg.device)
+    dtype = models.DTYPES[cfg.dtype]
+    formats = loaders.formats_for(list(cfg.libraries))
+    owners = {fmt: loaders.require(loaders.FORMAT_OWNERS[fmt]) for fmt in formats}
+    for path in remove_stale(root, loaders.FORMATS):
+        progress(f"removed {path}, left by a killed save")
 
-    progress(f"building {model_id} ({cfg['DTYPE']}) on {device}")
+    progress(f"building {model_id} ({cfg.dtype}) on {device}")
     start = time.perf_counter()
-    model, tokenizer = models.load_source(model_id, dtype, device, cfg["RANDOM_SEED"])
+    model, tokenizer = models.load_source(model_id, dtype, device, cfg.random_seed)
     build_s = time.perf_counter() - start
     params, nbytes = unique_bytes(model)
-    progress(f"built in {build_s:.1f} s: {params / 1e9:.3f} B parameters, {nbytes / 1e9:.3f} GB")
+    progress(f"built in {build_s:.1f} s: {human_count(params)} parameters, {human_bytes(nbytes)}")
+    check_space(root, nbytes * len(formats))
+    shard = shard_bytes(cfg.shard_size, nbytes)
     tensors = checksums.state_checksums(models.state(model))  # on the build device: fast
     if device.type != "cpu":
         model = model.to("cpu")  # the writers want host tensors
@@ -91,9 +132,9 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
     config = model.config
     model_info = {"id": model_id, "name": model_slug(model_id),
                   "arch": (config.architectures or [type(model).__name__])[0],
-                  "model_type": config.model_type, "dtype": cfg["DTYPE"], "params": params,
+                  "model_type": config.model_type, "dtype": cfg.dtype, "params": params,
                   "bytes": nbytes, "tensors": len(tensors),
-                  "random_seed": cfg["RANDOM_SEED"] if models.is_random(model_id) else None}
+                  "random_seed": cfg.random_seed if models.is_random(model_id) else None}
 
     kept = _previous_formats(root, model_info, tensors)
     with contextlib.suppress(FileNotFoundError):
@@ -104,33 +145,39 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
         tokenizer.save_pretrained(root)
 
     entries = dict(kept)
-    n = cfg["NUM_TRIALS"]
+    n = cfg.num_trials
     for fmt in formats:
         owner = owners[fmt]
+        spec = loaders.get(loaders.FORMAT_OWNERS[fmt])
         times = []
         for trial in range(n):
             tmp = staging(root, fmt)
             try:
                 t0 = time.perf_counter()
-                owner.save(model, tokenizer, tmp)
+                owner.save(model, tokenizer, tmp, shard)
                 _fsync_folder(tmp)  # the time includes the bytes reaching storage
                 times.append(time.perf_counter() - t0)
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)
+                message = no_space_message(e, root) if isinstance(e, Exception) else None
+                if message:
+                    raise NoSpace(message) from e
                 raise
             if trial == n - 1:
                 publish(root, fmt, tmp)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
-            progress(f"saved {fmt} ({owner.NAME}) {trial + 1}/{n} in {times[-1]:.2f} s")
-        files = file_entries(os.path.join(root, fmt), owner.WEIGHT_SUFFIXES)
-        entries[fmt] = {"library": owner.NAME, "version": libraries.version(owner.PACKAGE),
+            progress(f"saved {fmt} ({spec.name}) {trial + 1}/{n} in {times[-1]:.2f} s "
+                     f"({nbytes / times[-1] / 1e9:.2f} GB/s)")
+        files = file_entries(os.path.join(root, fmt), spec.weight_suffixes)
+        entries[fmt] = {"library": spec.name, "version": loaders.version(spec.package),
                         "files": files, "save_s": times,
-                        "bytes": sum(f["bytes"] for f in files if f["weights"])}
+                        "bytes": sum(f["bytes"] for f in files if f["weights"]),
+                        "shard_bytes": shard if fmt == "safetensors" else None}
 
     manifest = {"schema": MANIFEST_SCHEMA, "model": model_info, "formats": entries,
                 "tensors": tensors, "checksum": checksums.ALGORITHM,
-                "versions": environment.versions(), "build_s": build_s,
+                "versions": machine.versions(), "build_s": build_s,
                 "build_device": str(device), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                          time.gmtime())}
     write_json_atomic(os.path.join(root, MANIFEST), manifest)
@@ -138,15 +185,15 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
 
 
 def summary(manifest: dict[str, Any]) -> str:
-    rows = [("format", "library", "GB", "median save s", "GB/s")]
-    for fmt in FORMATS:
+    rows = [("format", "library", "files", "GB", "median save s", "GB/s")]
+    for fmt in loaders.FORMATS:
         e = manifest["formats"].get(fmt)
         if not e:
             continue
-        times = sorted(e["save_s"])
-        med = stats.percentile(times, 50) if times else None
-        rows.append((fmt, e["library"], f"{e['bytes'] / 1e9:.3f}",
-                     f"{med:.2f}" if med else "kept", f"{e['bytes'] / med / 1e9:.2f}" if med else "-"))
+        med = statistics.median(e["save_s"]) if e["save_s"] else None
+        rows.append((fmt, e["library"], str(sum(1 for f in e["files"] if f["weights"])),
+                     f"{e['bytes'] / 1e9:.3f}", f"{med:.2f}" if med else "kept",
+                     f"{e['bytes'] / med / 1e9:.2f}" if med else "-"))
     return text_table(rows)
 
 

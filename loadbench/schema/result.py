@@ -1,20 +1,405 @@
-"""The result document (placeholder until the typed models land)."""
+"""The result document: one per library variant per pod, typed and versioned.
+
+Readers validate every document with `problems(doc)` before it counts; it
+returns per-field reasons ("trials.0.total_s: Input should be a finite
+number") and never raises. The models allow keys they do not name (a newer
+producer may add some), but everything the reporter reads is typed: statuses
+are enums, times and rates are finite and non-negative, names are strings.
+`python -m loadbench.schema --export docs/schema` writes the JSON Schema.
+
+Version history (as pyperf keeps one):
+
+- ``loadbench.result/1``: the first published documents (docs/results/):
+  schema, status, error, library, label, ``tuning`` (the swept library
+  options), run_id, identity, settings, model, device, versions, machine,
+  ceilings (storage_read, page_cache_read, h2d_pinned, h2d_pageable: gbps,
+  bytes, seconds, method), warnings, started_at, finished_at, and trials
+  (status, cache_mode, resident_before, skeleton_s, weights_s, total_s, gbps,
+  ceiling_fraction, peak_rss_bytes, peak_device_bytes, tensors_verified,
+  mismatches, tokens_per_s, started_at, finished_at).
+- ``loadbench.result/2``: ``options`` (library option field -> value) replaces
+  ``tuning`` (readers map a v1 ``tuning`` to ``options``); ``io_mode`` (how the
+  library reads, e.g. "page cache, 16 readers"); ``pod`` (the pod's whole
+  time: process_started_at, phases of startup/imports, device_init, ceilings,
+  trials, write, and total_s); ``tp_size`` (default 1). Ceilings gain
+  ``source`` (measured | reused), ``node``, ``unreliable`` (ceilings a trial
+  beat by more than 3%) and a per-ceiling ``spread``. Trials gain
+  ``verify_s``, ``ceiling``, ``ceiling_gbps``, ``ceiling_beaten``,
+  ``first_token_s``, ``tokens_per_s_runs``, ``library_info``, ``output_ids``,
+  ``warnings``, ``error`` and ``ranks`` (per-rank objects of a tensor-parallel
+  load). Also checked from v2 on, and of v1 documents read today: an ok trial
+  has a positive total_s, a trial does not finish before it starts, and an ok
+  document names its model and device.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from datetime import datetime
+from typing import Any, Literal, Optional, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from typing_extensions import Annotated
 
 SCHEMA = "loadbench.result/2"
 READABLE = ("loadbench.result/1", "loadbench.result/2")
 LOG_PREFIX = "LOADBENCH_RESULT "
+# The keys every trial carries (the producer starts each trial from these).
 TRIAL_KEYS = ("status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s",
               "gbps", "ceiling_fraction", "peak_rss_bytes", "peak_device_bytes",
               "tensors_verified", "mismatches", "started_at", "finished_at")
 
+MAX_DEPTH = 64            # deeper JSON is refused before any model sees it
+MAX_PROBLEMS = 20         # reasons listed per document; the rest are counted
+MAX_SECONDS = 1e9         # ~31 years: bounds keep every statistic finite
+MAX_RATE = 1e9            # GB/s, tokens/s
+MIN_LOAD_S = 1e-6         # an ok load takes at least a microsecond
+MAX_INT = 2**63 - 1       # what int64 columns hold
+
+# --- value types ---------------------------------------------------------------------------
+
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Rate = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+Int64 = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+# One line of text: no control characters (they would break tables and log lines).
+Line = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+# Names that end up in tables, plot titles and file names: printable, no '$' (matplotlib
+# would read "$...$" as mathtext), bounded so that a file name made of them stays valid.
+Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f$]+$")]
+AsciiName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x20-\x23\x25-\x7e]+$")]
+Slug = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+Mode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
+OptionValue = Optional[Union[StrictBool, Int64, Finite, str]]
+
+
+def _timestamp(value: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("should be an ISO 8601 date and time, e.g. 2026-11-22T02:40:18.196+00:00"
+                         ) from None
+    if parsed.tzinfo is None:
+        raise ValueError("should carry a UTC offset, e.g. +00:00")
+    return value
+
+
+Timestamp = Annotated[str, AfterValidator(_timestamp),
+                      WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class Model(BaseModel):
+    """Strict types (no "1.5" for 1.5, no true for 1), unknown keys allowed."""
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+# --- parts ---------------------------------------------------------------------------------
+
+class Error(Model):
+    """What went wrong, in one line each."""
+    type: str
+    message: str
+    where: Optional[str] = None
+
+
+class Mismatch(Model):
+    tensor: str
+    problem: str
+
+
+class Spread(Model):
+    """How much repeated measurements of one ceiling varied (v2)."""
+    n: Optional[Count] = None
+    min: Optional[Rate] = None
+    max: Optional[Rate] = None
+    median: Optional[Rate] = None
+    mean: Optional[Rate] = None
+    std: Optional[Rate] = None
+    rel_std: Optional[Ratio] = None
+
+
+class Ceiling(Model):
+    gbps: Optional[Rate] = None
+    bytes: Optional[Count] = None
+    seconds: Optional[Seconds] = None
+    method: Optional[str] = None
+    tries: Optional[dict[str, Ceiling]] = None
+    spread: Optional[Spread] = None
+
+
+class Ceilings(Model):
+    """The machine's measured limits; any further key must be a ceiling or a plain value."""
+    __pydantic_extra__: dict[str, Optional[Union[Ceiling, StrictBool, Int64, Finite, str, list[str]]]]
+    storage_read: Optional[Ceiling] = None
+    page_cache_read: Optional[Ceiling] = None
+    h2d_pinned: Optional[Ceiling] = None
+    h2d_pageable: Optional[Ceiling] = None
+    source: Optional[Literal["measured", "reused"]] = None
+    node: Optional[str] = None
+    unreliable: Optional[list[str]] = None
+
+
+class Rank(Model):
+    """One rank of a tensor-parallel load."""
+    rank: Count
+    status: Optional[Literal["ok", "mismatch", "error"]] = None
+    device: Optional[str] = None
+    skeleton_s: Optional[Seconds] = None
+    weights_s: Optional[Seconds] = None
+    total_s: Optional[Seconds] = None
+    verify_s: Optional[Seconds] = None
+    bytes: Optional[Count] = None
+    gbps: Optional[Rate] = None
+    tensors_verified: Optional[Count] = None
+    peak_rss_bytes: Optional[Count] = None
+    peak_device_bytes: Optional[Count] = None
+    mismatches: Optional[list[Mismatch]] = None
+    error: Optional[Error] = None
+
+
+class Trial(Model):
+    status: Literal["ok", "mismatch", "error"]
+    cache_mode: Optional[Mode] = None
+    resident_before: Optional[Fraction] = None
+    skeleton_s: Optional[Seconds] = None
+    weights_s: Optional[Seconds] = None
+    total_s: Optional[Seconds] = None
+    verify_s: Optional[Seconds] = None
+    inference_s: Optional[Seconds] = None
+    first_token_s: Optional[Seconds] = None
+    gbps: Optional[Rate] = None
+    ceiling: Optional[str] = None
+    ceiling_gbps: Optional[Rate] = None
+    ceiling_fraction: Optional[Ratio] = None
+    ceiling_beaten: Optional[StrictBool] = None
+    peak_rss_bytes: Optional[Count] = None
+    peak_device_bytes: Optional[Count] = None
+    tensors_verified: Optional[Count] = None
+    mismatches: list[Mismatch] = []
+    tokens_per_s: Optional[Rate] = None
+    tokens_per_s_runs: Optional[list[Rate]] = None
+    output_ids: Optional[list[Count]] = None
+    library_info: Optional[dict[str, Any]] = None
+    warnings: list[str] = []
+    error: Optional[Error] = None
+    ranks: Optional[list[Rank]] = None
+    started_at: Optional[Timestamp] = None
+    finished_at: Optional[Timestamp] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Trial:
+        if self.status == "ok" and (self.total_s is None or self.total_s < MIN_LOAD_S):
+            raise ValueError(f"an ok trial needs total_s >= {MIN_LOAD_S:g} s")
+        _in_order(self.started_at, self.finished_at)
+        return self
+
+
+class Identity(Model):
+    """Who produced the document: the pod, its Job and node (Downward API), or the host."""
+    job: Optional[str] = None
+    completion_index: Optional[Union[Count, str]] = None
+    pod: Optional[str] = None
+    pod_uid: Optional[str] = None
+    node: Optional[str] = None
+    namespace: Optional[str] = None
+    hostname: Optional[str] = None
+    pid: Optional[Count] = None
+
+
+class ModelInfo(Model):
+    bytes: Count
+    id: Optional[str] = None
+    name: Optional[Slug] = None
+    arch: Optional[str] = None
+    model_type: Optional[str] = None
+    dtype: Optional[str] = None
+    format: Optional[str] = None
+    params: Optional[Count] = None
+    tensors: Optional[Count] = None
+    file_bytes: Optional[Count] = None
+    files: Optional[Count] = None
+    random_seed: Optional[Int64] = None
+
+
+class Device(Model):
+    type: Optional[str] = None
+    name: Optional[AsciiName] = None
+    index: Optional[Count] = None
+    driver: Optional[str] = None
+    cuda: Optional[str] = None
+    memory_bytes: Optional[Count] = None
+    capability: Optional[str] = None
+
+
+class SettingsRecord(Model):
+    """Every setting as resolved; the two the reporter groups by are typed."""
+    CACHE_MODE: Optional[Mode] = None
+    MODEL_ID: Optional[Annotated[str, Field(max_length=4096)]] = None
+
+
+class Phase(Model):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    seconds: Seconds
+
+
+class Pod(Model):
+    """The pod's whole time, not only the loads (v2)."""
+    process_started_at: Optional[Timestamp] = None
+    phases: list[Phase] = []
+    total_s: Optional[Seconds] = None
+
+
+# --- documents -----------------------------------------------------------------------------
+
+class _Result(Model):
+    status: Literal["ok", "error"]
+    error: Optional[Error] = None
+    library: Label
+    label: Label
+    run_id: Optional[Annotated[str, Field(min_length=1, max_length=200,
+                                          pattern=r"^[^\x00-\x1f\x7f]+$")]] = None
+    identity: Identity
+    settings: SettingsRecord = SettingsRecord()
+    model: Optional[ModelInfo] = None
+    device: Optional[Device] = None
+    versions: dict[str, Optional[str]] = {}
+    machine: Optional[dict[str, Any]] = None
+    ceilings: Optional[Ceilings] = None
+    warnings: list[str] = []
+    trials: list[Trial]
+    started_at: Optional[Timestamp] = None
+    finished_at: Optional[Timestamp] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Result:
+        if self.status == "error" and self.error is None:
+            raise ValueError("a document with status error needs an error object")
+        if self.status == "ok" and (self.model is None or self.device is None):
+            raise ValueError("an ok document needs model and device")
+        _in_order(self.started_at, self.finished_at)
+        return self
+
+
+class ResultV1(_Result):
+    """loadbench.result/1 (read, never written)."""
+    model_config = ConfigDict(title="loadbench.result/1")
+    schema_: Literal["loadbench.result/1"] = Field(alias="schema")
+    tuning: dict[str, OptionValue] = {}
+
+
+class ResultV2(_Result):
+    """loadbench.result/2 (written today)."""
+    model_config = ConfigDict(title="loadbench.result/2")
+    schema_: Literal["loadbench.result/2"] = Field(alias="schema")
+    options: dict[str, OptionValue]
+    io_mode: Optional[str] = None
+    pod: Optional[Pod] = None
+    tp_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1
+
+
+MODELS: dict[str, type[_Result]] = {"loadbench.result/1": ResultV1, "loadbench.result/2": ResultV2}
+
+
+def _in_order(started: str | None, finished: str | None) -> None:
+    if started and finished and datetime.fromisoformat(finished) < datetime.fromisoformat(started):
+        raise ValueError("finished_at is before started_at")
+
+
+# --- checking ------------------------------------------------------------------------------
+
+def _part(key: Any) -> str:
+    """A path element fit for one line of output, however hostile the key."""
+    text = str(key)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return text.encode("ascii", "backslashreplace").decode().replace("\n", "\\n")
+
+
+def _where(path: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(_part(p) for p in path) or "document"
+
+
+def scan(value: Any, max_depth: int = MAX_DEPTH) -> list[str]:
+    """What no model should ever see: nesting deeper than max_depth, NaN or
+    Infinity anywhere (also in free-form objects), keys that are not strings.
+    Iterative, so it cannot overflow the stack itself."""
+    out: list[str] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack and len(out) < MAX_PROBLEMS:
+        item, path = stack.pop()
+        if len(path) > max_depth:
+            out.append(f"{_where(path[:max_depth])}: nested deeper than {max_depth} levels")
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            out.append(f"{_where(path)}: Input should be a finite number")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    out.append(f"{_where(path + (k,))}: keys should be strings")
+                stack.append((v, path + (k,)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, path + (i,)) for i, v in enumerate(item))
+    return sorted(set(out))
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ["schema" if p == "schema_" else p for p in e["loc"]]
+        msg = e["msg"].removeprefix("Value error, ")
+        out.append(f"{_where(loc)}: {msg}")
+    return out
+
+
+def _cap(reasons: list[str]) -> list[str]:
+    if len(reasons) > MAX_PROBLEMS:
+        return reasons[:MAX_PROBLEMS] + [f"... and {len(reasons) - MAX_PROBLEMS} more"]
+    return reasons
+
+
+def check(model: type[BaseModel], doc: Any) -> list[str]:
+    """Per-field reasons why doc is not a valid `model`; [] when it is. Never raises."""
+    try:
+        bad = scan(doc)
+        if bad:
+            return _cap(bad)
+        model.model_validate(doc)
+        return []
+    except ValidationError as e:
+        return _cap(format_errors(e))
+    except Exception as e:  # RecursionError, MemoryError...: the document is the problem
+        return [f"document: could not be checked ({type(e).__name__})"]
+
 
 def problems(doc: Any) -> list[str]:
+    """Why doc is not a readable result document, field by field; [] when it is."""
     if not isinstance(doc, dict):
-        return ["not a JSON object"]
-    if doc.get("schema") not in READABLE:
-        return [f"schema is {doc.get('schema')!r}, this reader understands {', '.join(READABLE)}"]
-    return []
+        return [f"document: is a JSON {type(doc).__name__}, not an object"]
+    version = doc.get("schema")
+    if not isinstance(version, str) or version not in MODELS:
+        shown = _part(repr(version))
+        return [f"schema: is {shown}; this reader understands {', '.join(READABLE)}"]
+    return check(MODELS[version], doc)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every readable version, chosen by the `schema` key."""
+    from pydantic import TypeAdapter
+    union = Annotated[Union[ResultV1, ResultV2], Field(discriminator="schema_")]
+    out = TypeAdapter(union).json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA,
+            "title": "loadbench result document",
+            "description": "One library variant's trials in one pod. Readers accept "
+                           + " and ".join(READABLE) + "; see loadbench/schema/result.py.", **out}

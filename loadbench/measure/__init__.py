@@ -1,0 +1,1 @@
+"""Measuring: checksums, one trial, one pod's run, and saving checkpoints."""
