@@ -21,7 +21,15 @@ COPY save_models.py deserialize_benchmark.py collect_results.py plot_results.py 
 # Non-root, with a home for library caches (mounted as an emptyDir in the Jobs,
 # so the root filesystem can stay read-only).
 RUN groupadd --gid 10001 loadbench \
- && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/loadbench loadbench
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/loadbench loadbench \
+ && mkdir -p /data/loadbench-data/models /data/results \
+ && chown -R 10001:10001 /data
+
+# The pods' working directory. The Jobs mount the PVC's models/ and results/ folders at
+# the two paths made above, so the derived MODEL_PATH (loadbench-data/models/<model name>)
+# and the default RES_PATH (./results) land on the PVC; `docker run` without mounts keeps
+# them in the container, as a local run keeps them in its folder.
+WORKDIR /data
 USER 10001:10001
 
 CMD ["python", "/app/deserialize_benchmark.py"]

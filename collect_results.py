@@ -3,6 +3,9 @@
 
     python collect_results.py --from-pvc loadbench-nvme --image REGISTRY/loadbench:TAG --out results/
     python collect_results.py --from-logs -l app.kubernetes.io/name=loadbench --out results/
+
+What pods print is treated as untrusted: nothing is written outside --out,
+and every malformed line, file or pod is reported and skipped.
 """
 
 import sys

@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# One whole measurement phase on a GPU machine (the device tool's H100/H200),
-# each trial a fresh process, as a pod would be. Results are tarred into $OUT.
+# One whole measurement on a GPU machine, each trial a fresh process, as a pod would be.
 #
-#   benchmarks/gpu_run.sh PHASE[:ROUNDS] ...     e.g.  cold:5 warm:5 bare:3
+#   benchmarks/gpu_run.sh PHASE[:ROUNDS] ...   e.g.  save cold:5 warm:5 fidelity:7 smoke
 #
-# A cold or warm round runs every configuration once, each in a fresh process;
-# the first round of a phase measures ceilings (CEILINGS=1) and, unless
-# INFER=0, generates tokens (CEIL=0 skips the ceilings).
+# save      build MODEL (random/<name>) and write every format (skipped if present)
+# cold|warm ROUNDS rounds; a round runs every configuration once, round-robin, so a
+#           deadline leaves every configuration with equal trials. Round 1 generates tokens
+#           (time to first token, tokens/s); ceilings are measured once per node (CEILINGS=reuse)
+# fidelity  benchmarks/fidelity.py, loadbench vs bare calls interleaved, FID_MODES (warm)
+# smoke     every configuration once on random/llama-tiny, warm, with inference
 #
-# Needs .whl/ (tensorizer, fastsafetensors, runai-model-streamer and their
-# missing dependencies) carried beside the repository; see docs/results/*/README.md.
+# Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository. Results go to $OUT:
+# results.tar.gz (documents, node ceilings), manifest.json, logs.
 set -u
 [ $# -gt 0 ] || { echo "usage: $0 PHASE[:ROUNDS] ..." >&2; exit 2; }
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
+if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+    --target /tmp/site .whl/*.whl && touch /tmp/site/.done || exit 1
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 WORK=${WORK:-/root/loadbench-work}
-MODEL=${MODEL:-gpt-j-6b}
+MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
-export DTYPE=float16 DEVICE=cuda MAX_NEW_TOKENS=32 CEILING_SECONDS=4
-DEADLINE=$((SECONDS + ${BUDGET:-530}))
+export DTYPE=${DTYPE:-bfloat16} DEVICE=cuda MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=8
+export RESULT_LINES=0 CEILINGS=reuse NODE_NAME=${NODE_NAME:-$(hostname)}
+DEADLINE=$((SECONDS + ${BUDGET:-540}))
+ALL=tensorizer,safetensors,huggingface-bin,flashpack
 
 # label | env for that configuration
 CONFIGS=(
@@ -35,44 +39,61 @@ CONFIGS=(
   "huggingface|LIBRARIES=huggingface"
   "huggingface-bin|LIBRARIES=huggingface-bin"
   "fastsafetensors|LIBRARIES=fastsafetensors"
+  "fastsafetensors-cache1|LIBRARIES=fastsafetensors FST_CACHE=1"
   "runai-streamer|LIBRARIES=runai-streamer"
+  "instanttensor|LIBRARIES=instanttensor IT_BACKEND=default"
+  "instanttensor-buffered|LIBRARIES=instanttensor IT_BACKEND=URING_BUFFERED"
+  "flashpack|LIBRARIES=flashpack"
+  "reference|LIBRARIES=reference"
 )
 
 save() {
   if [ -f "$MODEL_PATH/manifest.json" ]; then echo "checkpoint present"; return; fi
-  LIBRARIES=tensorizer,safetensors,huggingface-bin NUM_TRIALS=1 python3 save_models.py \
-    2>&1 | tee -a "$OUT/save.log"
+  df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
+  LIBRARIES=$ALL NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
+  if [ "${PIPESTATUS[0]}" = 2 ]; then  # not enough disk for every format: drop the legacy pickle
+    echo "== retry without huggingface-bin" | tee -a "$OUT/save.log"
+    LIBRARIES=tensorizer,safetensors,flashpack NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
+  fi
   cp "$MODEL_PATH/manifest.json" "$OUT/manifest.json"
+  df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
 }
 
-trials() {  # round-robin, so a deadline leaves every configuration with equal trials
-  local mode=$1 rounds=$2
-  for t in $(seq 1 "$rounds"); do
+trials() {
+  local mode=$1 rounds=$2 t cfg
+  for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
-      [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached at trial $t"; return; }
-      local extra=${cfg#*|}
-      local ceil=0 skip=1
-      if [ "$t" = 1 ]; then ceil=${CEIL:-1}; [ "${INFER:-1}" = 1 ] && skip=0; fi
-      echo "== $mode trial $t ${cfg%%|*}"
-      env $extra CACHE_MODE=$mode RUN_ID=$MODEL-$mode CEILINGS=$ceil SKIP_INFERENCE=$skip \
-        python3 deserialize_benchmark.py 2>&1 | grep -v '^LOADBENCH_RESULT' | grep -E 'trial|error|WARN|Error'
+      [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in round $t"; return; }
+      local skip=1
+      [ "$t" = 1 ] && [ "${INFER:-1}" = 1 ] && skip=0
+      echo "== $mode round $t ${cfg%%|*}"
+      env ${cfg#*|} CACHE_MODE=$mode RUN_ID=$MODEL-$mode SKIP_INFERENCE=$skip \
+        python3 deserialize_benchmark.py 2>&1 | grep -E 'trial|error|WARN|Error|ceilings|exit'
     done
   done
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-df -h "$WORK" 2>/dev/null || df -h /root
-save
+python3 -c "import torch, transformers, safetensors; print('torch', torch.__version__, 'transformers', transformers.__version__, 'safetensors', safetensors.__version__)" | tee -a "$OUT/gpu.txt"
 for spec in "$@"; do
   phase=${spec%%:*} rounds=${spec#*:}
   [ "$rounds" = "$spec" ] && rounds=5
   case $phase in
-    save) ;;
-    cold|warm) trials "$phase" "$rounds" ;;
-    bare) python3 benchmarks/bare_load.py --model-path "$MODEL_PATH" --trials "$rounds" \
-            --out "$OUT/bare.json" --modes "${BARE_MODES:-cold,warm}" --deadline $((DEADLINE - SECONDS)) ;;
+    save) save ;;
+    cold|warm) save; trials "$phase" "$rounds" ;;
+    fidelity) save; python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
+                --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack}" \
+                --out "$OUT/fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
+    smoke)
+      MODEL_ID=random/llama-tiny MODEL_PATH=/tmp/smoke/m RES_PATH=/tmp/smoke/r LIBRARIES=$ALL \
+        python3 save_models.py 2>&1 | tail -8
+      for cfg in "${CONFIGS[@]}"; do
+        env ${cfg#*|} MODEL_ID=random/llama-tiny MODEL_PATH=/tmp/smoke/m RES_PATH=/tmp/smoke/r \
+          CACHE_MODE=warm MAX_NEW_TOKENS=4 CEILING_SECONDS=0.5 python3 deserialize_benchmark.py 2>&1 | tail -4
+      done
+      tar -czf "$OUT/smoke.tar.gz" -C /tmp/smoke r ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
-tar -czf "$OUT/results.tar.gz" -C "$WORK" results 2>/dev/null
+[ -d "$RES_PATH" ] && tar -czf "$OUT/results.tar.gz" -C "$WORK" results
 ls -la "$OUT"

@@ -12,17 +12,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+FORMAT_LIBRARIES = "tensorizer,safetensors,huggingface-bin,flashpack"
+OWN_VARS = ("MODEL_", "RES_", "NUM_", "SKIP_", "LIBRARIES", "CACHE_", "DTYPE", "DEVICE", "RUN_ID", "TZR_",
+            "CEILING", "FST_", "RUNAI_", "IT_", "FP_", "REF_", "RESULT_", "INFERENCE_", "SHARD_", "MAX_NEW")
 
 
-def run_script(script: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run an entry point in a fresh process with exactly these settings."""
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith(("MODEL_", "RES_", "NUM_", "SKIP_", "LIBRARIES", "CACHE_", "DTYPE",
-                                 "DEVICE", "RUN_ID", "TZR_", "CEILING"))}
-    full.update({"PYTHONPATH": str(ROOT), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1"})
+def clean_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without loadbench's variables, plus `env`."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARS)}
+    full.update({"PYTHONPATH": str(ROOT), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "CEILINGS": "0"})
     full.update(env)
-    return subprocess.run([sys.executable, str(ROOT / script)], env=full, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+    return full
+
+
+def run_script(script: str, env: dict[str, str], timeout: float = 240, args: list[str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """Run an entry point in a fresh process with exactly these settings."""
+    return subprocess.run([sys.executable, str(ROOT / script), *(args or [])], env=clean_env(env),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def result_lines(stdout: str) -> list[dict]:
@@ -32,9 +39,10 @@ def result_lines(stdout: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """random/opt-tiny in every core format, written once by the real save script."""
+    """random/opt-tiny in every format that runs on a CPU, written once by the real save script."""
     path = tmp_path_factory.mktemp("ckpt") / "opt-tiny"
-    proc = run_script("save_models.py", {"MODEL_ID": "random/opt-tiny", "MODEL_PATH": str(path)})
+    proc = run_script("save_models.py", {"MODEL_ID": "random/opt-tiny", "MODEL_PATH": str(path),
+                                         "LIBRARIES": FORMAT_LIBRARIES})
     assert proc.returncode == 0, proc.stderr
     return path
 

@@ -1,67 +1,232 @@
-"""plot_results.py: read every document, group, compute, draw, write tables."""
+"""plot_results.py: read every result document, compute, draw, write the report.
+
+Thin on purpose: the numbers come from frame.py and summary.py, the pictures
+from figures.py, the page from html.py; this module reads arguments, shows
+progress on long inputs (a line every few seconds while reading, every 500
+documents while tabulating, each figure group), writes the files and ends with
+a short summary. Invalid documents are listed with the reasons schema.read_many
+gives and never stop the report.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import threading
 import time
+import traceback
+from typing import Any, Callable
 
 from loadbench import schema
-from loadbench.analysis import figures as plots
+from loadbench.analysis import frame as fr
+from loadbench.analysis import html as page
 from loadbench.analysis import summary as report
+
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
+PROGRESS_EVERY = 5.0      # seconds between "still reading" lines
+FORMATS = ("png", "svg", "pdf")
+
+DESCRIPTION = """\
+Turn a folder of loadbench result documents (JSON, found recursively) into
+summary.md, summary.csv, report.html (self-contained: tables, figures and run
+metadata in one file) and figures, written to --out (default
+RESULTS_DIR/report). The terminal gets the summary tables and which loader
+to pick per cache state."""
+EPILOG = """\
+examples:
+  plot_results.py results/                       # report in results/report/
+  plot_results.py results/ --out report --format png,svg --title "gpt-j-6b on H200"
+  plot_results.py results/ --no-plots            # tables and report.html only
+
+in a notebook:
+  from loadbench.analysis import load, table
+  df = load("results/")     # one row per trial
+  table(df)                 # one row per library and cache state, every statistic
+
+exit codes: 0 report written; 1 no valid result document found, or the report
+could not be written; 2 bad arguments (unknown option, RESULTS_DIR not a
+folder, --out not a folder, unknown --format)."""
+
+
+def _log(message: str) -> None:
+    print(f"plot_results: {message}", file=sys.stderr, flush=True)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="plot_results.py", description=DESCRIPTION, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of result documents")
+    ap.add_argument("--out", metavar="DIR", help="output folder (default: RESULTS_DIR/report)")
+    ap.add_argument("--format", default="png", metavar="LIST",
+                    help="figure formats, a comma list of png, svg, pdf (default: png)")
+    ap.add_argument("--title", default="loadbench summary", help="heading of summary.md and report.html")
+    ap.add_argument("--no-plots", action="store_true", help="tables and report.html without figures")
+    args = ap.parse_args(argv)
+    if not os.path.isdir(args.results_dir):
+        ap.error(f"RESULTS_DIR {args.results_dir!r} is not a folder")
+    args.formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in args.formats if f not in FORMATS]
+    if bad or not args.formats:
+        ap.error(f"unknown --format {', '.join(bad) or repr(args.format)}; use {', '.join(FORMATS)}")
+    args.out = args.out or os.path.join(args.results_dir, "report")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        ap.error(f"--out {args.out!r} exists and is not a folder")
+    if any(c in args.title for c in "\r\n"):
+        ap.error("--title must be one line")
+    return args
+
+
+def read(root: str, log: Callable[[str], None] = _log, every: float = PROGRESS_EVERY
+         ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """schema.read_many in a worker thread, with a progress line every `every` seconds."""
+    files = sum(1 for _ in schema.iter_files(root))
+    log(f"reading {files} JSON file(s) under {root}")
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["value"] = schema.read_many(root)
+        except BaseException as e:  # reported below, never as a traceback
+            result["error"] = e
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=work, name="read_many", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(every)
+        if worker.is_alive():
+            log(f"still reading: {time.perf_counter() - start:.0f} s, {files} file(s)")
+    if "error" in result:
+        e = result["error"]
+        log(f"could not read {root}: {type(e).__name__}: {e}")
+        return [], []
+    return result["value"]
+
+
+def _ceiling_file(path: str, why: str) -> bool:
+    """Node ceiling files (RES_PATH/<run>/ceilings/<node>.json) live beside the documents."""
+    return os.path.basename(os.path.dirname(path)) == "ceilings" and why.startswith("schema:")
+
+
+def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict[str, str],
+             out: str | None, formats: list[str], log: Callable[[str], None]
+             ) -> tuple[list[str], dict[str, list[tuple[str, bytes]]]]:
+    from loadbench.analysis import figures as plots
+    written: list[str] = []
+    embedded: dict[str, list[tuple[str, bytes]]] = {}
+    jobs: list[tuple[str, str, str, Callable[[], Any]]] = []
+    for g in groups:
+        jobs += [(g.slug, f"{g.slug}-load-time", f"Load time, {g.title}", lambda g=g: plots.load_times(g)),
+                 (g.slug, f"{g.slug}-throughput", f"Throughput, {g.title}", lambda g=g: plots.throughput(g)),
+                 (g.slug, f"{g.slug}-cdf", f"Distribution of load times, {g.title}",
+                  lambda g=g: plots.cdf(g)),
+                 (g.slug, f"{g.slug}-pod-time", f"Pod time by phase, {g.title}",
+                  lambda g=g: plots.pod_time(g, phases))]
+    by_machine: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in eps:
+        by_machine.setdefault((e["model"], e["device"]), []).append(e)
+    for (model, device), some in by_machine.items():
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{model}-{device}")[:150]
+        jobs.append(("concurrent", f"{slug}-concurrent-timeline", f"Concurrent loads, {model} on {device}",
+                     lambda some=some: plots.timeline(some)))
+    last = time.perf_counter()
+    for k, (key, name, caption, draw) in enumerate(jobs):
+        if time.perf_counter() - last > PROGRESS_EVERY:
+            log(f"figures: {k} of {len(jobs)}")
+            last = time.perf_counter()
+        try:
+            fig = draw()
+            if fig is None:
+                continue
+            paths, png = plots.render(fig, out, name, formats)
+        except Exception as e:  # one figure lost is said in a line, the report goes on
+            log(f"could not draw {name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            continue
+        written += paths
+        embedded.setdefault(key, []).append((caption, png))
+    return written, embedded
+
+
+def _fastest(g: report.Group) -> tuple[str | None, float | None]:
+    rows = g.rows[~g.rows["is_reference"] & g.rows["median_s"].notna()].sort_values("median_s")
+    return (str(rows.iloc[0]["row"]), float(rows.iloc[0]["median_s"])) if len(rows) else (None, None)
+
+
+def _plain(text: str) -> str:
+    return text.replace("**", "")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="plot_results.py", description=__doc__)
-    ap.add_argument("results_dir")
-    ap.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
-    ap.add_argument("--format", default="png", help="comma list of png, svg, pdf")
-    ap.add_argument("--title", default="loadbench summary", help="heading of summary.md")
-    ap.add_argument("--no-plots", action="store_true", help="tables only")
-    args = ap.parse_args(argv)
-    if not os.path.isdir(args.results_dir):
-        print(f"plot_results: {args.results_dir} is not a folder", file=sys.stderr)
-        return 2
-    out = args.out or os.path.join(args.results_dir, "report")
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("png", "svg", "pdf")]
-    if bad:
-        print(f"plot_results: unknown --format {', '.join(bad)}; use png, svg or pdf",
-              file=sys.stderr)
-        return 2
+    """Exit code: 0 report written, 1 nothing to report or not written, 2 bad arguments."""
+    args = parse(argv)
+    try:
+        return _run(args, argv)
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+    except Exception as e:  # the last net: one line, where, never a traceback
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        _log(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+             f"(at {os.path.basename(frame.filename)}:{frame.lineno}); please report it")
+        return EXIT_NOTHING
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     start = time.perf_counter()
-    docs, skipped = schema.read_many(args.results_dir)
-    groups = report.group(docs)
-    errors = sum(len(g.errors) for g in groups)
-    print(f"plot_results: {len(docs)} documents ({errors} with status error), "
-          f"{len(skipped)} skipped, {len(groups)} group(s)", file=sys.stderr)
+    docs, skipped = read(args.results_dir)
+    ceiling_files = [p for p, why in skipped if _ceiling_file(p, why)]
+    skipped = [(p, why) for p, why in skipped if not _ceiling_file(p, why)]
+    errors = sum(1 for d in docs if d.get("status") == "error")
+    _log(f"{len(docs)} documents ({errors} with status error), {len(skipped)} skipped"
+         + (f", {len(ceiling_files)} node ceiling file(s) beside them" if ceiling_files else "")
+         + f", read in {time.perf_counter() - start:.1f} s")
     for path, why in skipped:
-        print(f"plot_results: skipped {path}: {why}", file=sys.stderr)
+        _log(f"skipped {path}: {why}")
     if not docs:
-        print("plot_results: no result documents to report", file=sys.stderr)
-        return 1
-    os.makedirs(out, exist_ok=True)
-    md = report.markdown(groups, skipped).replace("# loadbench summary", f"# {args.title}", 1)
-    written = []
-    for name, text in (("summary.md", md), ("summary.csv", report.csv_text(groups))):
-        path = os.path.join(out, name)
-        with open(path, "w") as f:
-            f.write(text)
-        written.append(path)
-    if not args.no_plots:
-        for g in groups:
-            if not any(g.trials(label) for label in g.labels()):
-                continue
-            for draw in (plots.load_times, plots.throughput, plots.cdf):
-                written += draw(g, out, formats)
-            if report.overlapping(g):
-                written += plots.timeline(g, out, formats)
-    print(report.terminal(groups))
+        _log("no result documents to report")
+        return EXIT_NOTHING
+    big = len(docs) >= 1000
+    df = fr.frame(docs, (lambda n: _log(f"tabulating: {n} of {len(docs)} documents")) if big else None)
+    groups = report.build(df)
+    eps = report.episodes(df)
+    phases = df.attrs.get("phases", {})
+    _log(f"{len(df)} rows, {len(groups)} group(s)"
+         + (f", {len(eps)} episode(s) of concurrent pods" if eps else ""))
+    blocks = report.blocks(groups, skipped, args.title, phases, eps)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        written: list[str] = []
+        embedded: dict[str, list[tuple[str, bytes]]] = {}
+        if not args.no_plots:
+            written, embedded = _figures(groups, eps, phases, args.out, args.formats, _log)
+        command = "plot_results.py " + " ".join(shlex.quote(a) for a in (
+            sys.argv[1:] if argv is None else argv))
+        meta = page.metadata(docs, command)
+        for name, text in (("summary.md", report.markdown(blocks)), ("summary.csv", report.csv_text(groups)),
+                           ("report.html", page.page(blocks, embedded, meta))):
+            path = os.path.join(args.out, name)
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+            written.append(path)
+    except OSError as e:
+        _log(f"could not write the report under {args.out}: {type(e).__name__}: {e}")
+        return EXIT_NOTHING
+    print(report.terminal(groups), end="")
+    chosen = report.picks(groups)
+    if chosen:
+        print("\nWhich loader to pick:\n" + "\n".join(f"- {_plain(c)}" for c in chosen))
     for g in groups:
-        for r in report.rows(g):
-            for w in r["warnings"]:
-                print(f"plot_results: warning: {w}", file=sys.stderr)
-    print(f"plot_results: wrote {len(written)} files to {out} in "
-          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return 0
+        for w in report.warning_lines(g):
+            _log(f"warning: {g.title}: {w}")
+    for line in report.kept_apart(groups):
+        _log(f"kept apart: {line}")
+    verified = sum(g.verified for g in groups)
+    fastest = "; ".join(f"{g.state} fastest {name} {report.fmt_s(seconds)} s"
+                        for g in groups for name, seconds in [_fastest(g)] if name)
+    _log(f"{len(docs)} documents, {verified} verified loads, {len(groups)} group(s)"
+         + (f"; {fastest}" if fastest else "")
+         + f"; wrote {len(written)} files to {args.out} in {time.perf_counter() - start:.1f} s "
+         f"(open {os.path.join(args.out, 'report.html')})")
+    return EXIT_OK

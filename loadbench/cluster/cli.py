@@ -1,4 +1,9 @@
-"""collect_results.py: arguments in, a summary out; exit 1 when nothing usable came back."""
+"""collect_results.py: arguments in, a summary out.
+
+Exit 0 when at least one document is now in --out (written or already
+there), 1 when nothing usable came back or the cluster could not be reached.
+Every problem with a pod, a line or a file is one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
+    except Exception as e:  # the API server unreachable, refused, ...: one line, no traceback
+        status = getattr(e, "status", None)
+        progress(f"error: {type(e).__name__}{f' {status}' if status else ''}: "
+                 f"{' '.join(str(getattr(e, 'reason', None) or e).split())[:300]}; check the "
+                 "cluster is reachable (kubectl get pods) and your permissions in the namespace")
+        return 1
     for line in cluster.iter_lines(report):
         progress(line)
     progress(f"done: {report.summary()} in {args.out}")

@@ -6,12 +6,26 @@ Two ways, as the design says:
   deleted, also on Ctrl-C or a timeout);
 - from the benchmark pods' own logs (`LOADBENCH_RESULT` lines), while the
   pods still exist.
-Documents that fail validation are skipped and reported; a local file is
-never overwritten with different content.
+
+What pods print is untrusted (images and hub models are code you do not fully
+control), so:
+- no path derived from a document or a helper record leaves --out: folder
+  names from a document's run_id and label are sanitized (and the renaming
+  reported); a helper record's path must be relative, without '..', of plain
+  names, or it is refused; folders and files are opened relative to --out
+  without following symbolic links, so a link planted in --out cannot
+  redirect a write;
+- every log line and every pod is isolated: anything malformed (bad JSON,
+  nesting that overflows the parser, a log that cannot be read) is reported
+  and skipped, and collection goes on;
+- documents are validated (`loadbench.schema.result.problems`) before they
+  are stored; a local file is never overwritten, with the same or different
+  content.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,9 +34,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from loadbench.schema import result as results
-from loadbench.storage.files import write_json_atomic
 from loadbench.cluster.dump import PREFIX as FILE_PREFIX
+from loadbench.schema import display, other_kind, read_json
+from loadbench.schema import result as results
+from loadbench.storage.files import FILE_MODE
+
+# A folder or file name that stays inside its parent on any filesystem.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,119}")
+MAX_DEPTH = 8                 # folders in a helper record's path
+MAX_LOG_BYTES = 512 << 20     # read of one pod's log; more is reported as truncated
+_NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 class CollectError(RuntimeError):
@@ -35,10 +56,17 @@ class Report:
     unchanged: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     invalid: list[tuple[str, str]] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)   # pods whose log could not be read
 
     def summary(self) -> str:
-        return (f"{len(self.written)} written, {len(self.unchanged)} already present, "
+        text = (f"{len(self.written)} written, {len(self.unchanged)} already present, "
                 f"{len(self.conflicts)} conflicting (kept local), {len(self.invalid)} invalid")
+        if self.renamed:
+            text += f", {len(self.renamed)} stored under a safe name"
+        if self.failed:
+            text += f", {len(self.failed)} pod log(s) unreadable"
+        return text
 
 
 def client_api(kubeconfig: str | None = None, context: str | None = None) -> tuple[Any, str]:
@@ -68,24 +96,148 @@ def client_api(kubeconfig: str | None = None, context: str | None = None) -> tup
     return client.CoreV1Api(), namespace
 
 
-def store(doc: Any, rel: str, dest: str, report: Report) -> None:
-    """Validate and write one document under dest/rel, never clobbering a different file."""
-    problems = results.problems(doc)
-    if problems:
-        report.invalid.append((rel, "; ".join(problems)))
-        return
-    path = os.path.join(dest, rel)
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                same = json.load(f) == doc
-        except (OSError, ValueError):
-            same = False
-        (report.unchanged if same else report.conflicts).append(path)
-        return
-    write_json_atomic(path, doc)
-    report.written.append(path)
+# --- names and paths -----------------------------------------------------------------------
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = display(str(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {_short(text, 200)}" if text else type(exc).__name__
+
+
+def safe_name(value: Any, fallback: str = "unknown") -> tuple[str, bool]:
+    """(a name that stays inside its folder, whether value had to be changed).
+
+    A value that is already a plain name is kept; anything else (separators,
+    '..', absolute paths, NUL, odd characters, very long names, not a string)
+    becomes its plain characters plus a short hash of the original, so two
+    different unsafe names never share a folder."""
+    if value is None or value == "":
+        return fallback, False
+    if isinstance(value, str) and SAFE_NAME.fullmatch(value):
+        return value, False
+    raw = value if isinstance(value, str) else json.dumps(value, default=str)[:4096]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip(".-")[:80] or fallback
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{cleaned}-{digest}", True
+
+
+def relative_parts(path: Any) -> tuple[list[str] | None, str | None]:
+    """A helper record's path as plain names, or why it is refused."""
+    if not isinstance(path, str):
+        return None, f"path is a {type(path).__name__}, not a string"
+    if "\x00" in path:
+        return None, "path contains NUL"
+    if len(path) > 1024:
+        return None, "path longer than 1024 characters"
+    if path.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", path):
+        return None, "absolute path: it would leave the destination folder"
+    parts = path.split("/")
+    if ".." in parts:
+        return None, "path has '..': it would leave the destination folder"
+    if len(parts) > MAX_DEPTH:
+        return None, f"path deeper than {MAX_DEPTH} folders"
+    odd = [p for p in parts if not SAFE_NAME.fullmatch(p)]
+    if odd:
+        return None, f"path part {_short(odd[0], 40)!r} is not a plain name (letters, digits, . _ -)"
+    if not parts[-1].endswith(".json"):
+        return None, "not a .json file"
+    return parts, None
+
+
+# --- writing inside --out ------------------------------------------------------------------
+
+def _open_folder(root_fd: int, parts: list[str]) -> int:
+    """A descriptor of root/parts..., created as needed; refuses a symbolic link or a file
+    on the way (OSError), so nothing can redirect the write outside root."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_new(folder_fd: int, name: str, data: bytes) -> bool:
+    """Create folder/name with data, atomically and exclusively; False if it exists."""
+    tmp = f".tmp-collect-{uuid.uuid4().hex}.json"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE, dir_fd=folder_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        try:
+            os.unlink(tmp, dir_fd=folder_fd)
+        except OSError:
+            pass
+
+
+def _same_as_local(folder_fd: int, name: str, doc: Any) -> bool | None:
+    """True/False when folder/name exists, None when it does not. A symbolic link
+    or anything but a regular file there counts as different and is never followed."""
+    try:
+        os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    local, why = read_json(name, dir_fd=folder_fd)
+    return why is None and local == doc
+
+
+def store(doc: Any, parts: list[str], dest: str, report: Report, where: str | None = None) -> None:
+    """Validate and write one document under dest/parts..., never clobbering a file and
+    never leaving dest. Problems go to the report, never raised."""
+    shown = os.path.join(dest, *parts)
+    where = where or shown
+    try:
+        bad = results.problems(doc)
+        if bad:
+            report.invalid.append((where, "; ".join(bad)))
+            return
+        data = (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8")
+        os.makedirs(dest, exist_ok=True)
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            try:
+                folder_fd = _open_folder(root_fd, parts[:-1])
+            except OSError as e:
+                report.invalid.append((where, f"not written: a folder on the way to {shown} is a "
+                                              f"symbolic link or not a folder ({e.strerror or e})"))
+                return
+            try:
+                same = _same_as_local(folder_fd, parts[-1], doc)
+                if same is None and _write_new(folder_fd, parts[-1], data):
+                    report.written.append(shown)
+                elif same:
+                    report.unchanged.append(shown)
+                else:
+                    report.conflicts.append(shown)
+            finally:
+                os.close(folder_fd)
+        finally:
+            os.close(root_fd)
+    except Exception as e:  # one document's trouble is that document's only
+        report.invalid.append((where, f"not stored: {_why(e)}"))
+
+
+# --- from the pods' logs -------------------------------------------------------------------
 
 def _selector_matches(selector: str | None, labels: dict[str, str] | None) -> bool:
     """Equality-based selectors (a=b,c!=d), checked again on the client side."""
@@ -102,37 +254,115 @@ def _selector_matches(selector: str | None, labels: dict[str, str] | None) -> bo
     return True
 
 
+def read_log(api: Any, name: str, namespace: str, limit: int = MAX_LOG_BYTES) -> tuple[str, bool]:
+    """(a pod's log as text, whether it was cut at limit). Bytes that are not UTF-8
+    become U+FFFD, so one binary line cannot make the whole log unreadable."""
+    resp = api.read_namespaced_pod_log(name=name, namespace=namespace, _preload_content=False)
+    if isinstance(resp, str):  # a client that ignores _preload_content
+        return resp, False
+    try:
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = resp.read(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        release = getattr(resp, "release_conn", None)
+        if release:
+            release()
+    data = b"".join(chunks)[:limit]
+    text = data.decode("utf-8", "replace")
+    headers = getattr(resp, "headers", None) or {}
+    if str(headers.get("Content-Type", "")).startswith("application/json"):
+        # The API server sends logs as text/plain; a JSON string is decoded as the client would.
+        try:
+            decoded = json.loads(text)
+        except (ValueError, RecursionError):
+            decoded = None
+        if isinstance(decoded, str):
+            text = decoded
+    return text, size > limit
+
+
+def _lines(text: str, prefix: str) -> Iterable[tuple[int, str]]:
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.startswith(prefix):
+            yield lineno, line[len(prefix):]
+
+
+def _parse(payload: str) -> tuple[Any, str | None]:
+    try:
+        return json.loads(payload), None
+    except RecursionError:
+        return None, "not valid JSON: nested too deeply to parse"
+    except ValueError as e:
+        return None, f"not valid JSON: {_short(e, 200)}"
+
+
+def _log_results(text: str, pod: str, uid: str, dest: str, report: Report) -> int:
+    """Store every LOADBENCH_RESULT line of one pod's log; returns how many there were."""
+    pod_name, _ = safe_name(pod, "pod")
+    uid_name = re.sub(r"[^A-Za-z0-9]", "", str(uid or ""))[:8]
+    n = 0
+    for lineno, payload in _lines(text, results.LOG_PREFIX):
+        n += 1
+        where = f"pod {_short(pod)} log line {lineno}"
+        try:
+            doc, why = _parse(payload)
+            if why:
+                report.invalid.append((where, why))
+                continue
+            if not isinstance(doc, dict):
+                report.invalid.append((where, "; ".join(results.problems(doc))))
+                continue
+            run_id, run_changed = safe_name(doc.get("run_id"))
+            label, label_changed = safe_name(doc.get("label"))
+            parts = [run_id, label, f"{pod_name}-{uid_name}-{n}.json"]
+            before = len(report.written) + len(report.unchanged)
+            store(doc, parts, dest, report, where)
+            if len(report.written) + len(report.unchanged) > before:
+                for key, changed, value in (("run_id", run_changed, run_id),
+                                            ("label", label_changed, label)):
+                    if changed:
+                        report.renamed.append((where, f"{key} {_short(doc.get(key))!r} is not a "
+                                                      f"plain folder name: stored under {value!r}"))
+        except Exception as e:  # RecursionError, MemoryError, anything: this line only
+            report.invalid.append((where, f"not processed: {_why(e)}"))
+    return n
+
+
 def from_logs(api: Any, namespace: str, selector: str, dest: str,
               progress: Callable[[str], None] = print) -> Report:
     """LOADBENCH_RESULT lines from every pod that matches the selector."""
     report = Report()
-    pods = [p for p in api.list_namespaced_pod(namespace, label_selector=selector).items
-            if _selector_matches(selector, p.metadata.labels)]
+    try:
+        items = api.list_namespaced_pod(namespace, label_selector=selector).items or []
+    except Exception as e:
+        raise CollectError(f"could not list pods in namespace {namespace!r}: {_why(e)}") from e
+    pods = [p for p in items if _selector_matches(selector, (p.metadata.labels if p.metadata else None))]
     if not pods:
         raise CollectError(f"no pods match {selector!r} in namespace {namespace!r} (finished "
                            "Jobs delete theirs after ttlSecondsAfterFinished: collect from the PVC)")
     for i, pod in enumerate(pods, start=1):
-        name = pod.metadata.name
-        text = api.read_namespaced_pod_log(name=name, namespace=namespace)
-        n = 0
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.startswith(results.LOG_PREFIX):
-                continue
-            n += 1
-            where = f"pod {name} log line {lineno}"
-            try:
-                doc = json.loads(line[len(results.LOG_PREFIX):])
-            except ValueError as e:
-                report.invalid.append((where, f"not valid JSON: {e}"))
-                continue
-            label = doc.get("label", "unknown") if isinstance(doc, dict) else "unknown"
-            uid = (pod.metadata.uid or "")[:8]
-            rel = os.path.join(str(doc.get("run_id", "unknown")) if isinstance(doc, dict) else "unknown",
-                               str(label), f"{name}-{uid}-{n}.json")
-            store(doc, rel, dest, report)
-        progress(f"[{i}/{len(pods)}] {name}: {n} result line(s)")
+        name = str(pod.metadata.name or "")
+        try:
+            text, cut = read_log(api, name, namespace)
+        except Exception as e:  # deleted meanwhile, API error, connection reset: this pod only
+            report.failed.append((f"pod {_short(name)}", f"log could not be read: {_why(e)}"))
+            progress(f"[{i}/{len(pods)}] {_short(name)}: log could not be read ({_why(e)})")
+            continue
+        if cut:
+            report.failed.append((f"pod {_short(name)}", f"log longer than {MAX_LOG_BYTES >> 20} MiB: "
+                                                         "read up to there"))
+        n = _log_results(text, name, pod.metadata.uid or "", dest, report)
+        progress(f"[{i}/{len(pods)}] {_short(name)}: {n} result line(s)")
     return report
 
+
+# --- from the PVC --------------------------------------------------------------------------
 
 def helper_pod(name: str, claim: str, image: str, results_path: str, sub_path: str) -> dict[str, Any]:
     """A restricted, read-only pod that prints the documents under results_path."""
@@ -170,28 +400,46 @@ def _waiting_reason(pod: Any) -> str:
 
 
 def _parse_files(text: str, dest: str, report: Report, prefix: str) -> None:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.startswith(FILE_PREFIX):
-            continue
+    """Store what the helper printed: one `LOADBENCH_FILE {"path", "doc"|"error"}` per file."""
+    base = [prefix] if prefix else []
+    for lineno, payload in _lines(text, FILE_PREFIX):
+        where = f"helper log line {lineno}"
         try:
-            record = json.loads(line[len(FILE_PREFIX):])
-        except ValueError as e:
-            report.invalid.append((f"helper log line {lineno}", f"not valid JSON: {e}"))
-            continue
-        if "error" in record:
-            report.invalid.append((record.get("path", "?"), record["error"]))
-            continue
-        rel = os.path.normpath(os.path.join(prefix, record["path"]))
-        if rel.startswith(".."):
-            report.invalid.append((record["path"], "path leaves the destination folder"))
-            continue
-        store(record["doc"], rel, dest, report)
+            record, why = _parse(payload)
+            if why:
+                report.invalid.append((where, why))
+                continue
+            if not isinstance(record, dict):
+                report.invalid.append((where, "not a {path, doc} record"))
+                continue
+            if "path" in record:
+                where = _short(record["path"], 200) if isinstance(record["path"], str) else where
+            if "error" in record:
+                report.invalid.append((where, f"on the volume: {_short(record['error'], 300)}"))
+                continue
+            parts, why = relative_parts(record.get("path"))
+            if why:
+                report.invalid.append((where, why))
+                continue
+            if "doc" not in record:
+                report.invalid.append((where, "record has no document"))
+                continue
+            if other_kind(record["doc"]):  # a node's ceilings file: not a result, stays on the volume
+                continue
+            store(record["doc"], base + parts, dest, report, where)
+        except Exception as e:  # this record only
+            report.invalid.append((where, f"not processed: {_why(e)}"))
 
 
 def from_pvc(api: Any, namespace: str, claim: str, image: str, dest: str, results_path: str = "",
              sub_path: str = "results", timeout: float = 300.0, poll: float = 1.0,
              progress: Callable[[str], None] = print) -> Report:
     """Create the helper pod, wait until it has printed everything, read, delete."""
+    if results_path and not SAFE_NAME.fullmatch(results_path):
+        raise CollectError(f"--run-id {results_path!r}: use only letters, digits, '.', '_' and '-' "
+                           "(a RUN_ID folder name)")
+    if sub_path and (sub_path.startswith("/") or ".." in sub_path.split("/")):
+        raise CollectError(f"--sub-path {sub_path!r}: a relative folder inside the PVC, without '..'")
     name = f"loadbench-collect-{uuid.uuid4().hex[:6]}"
     api.create_namespaced_pod(namespace, helper_pod(name, claim, image, results_path, sub_path))
     progress(f"created pod/{name} mounting pvc/{claim} read-only")
@@ -204,9 +452,12 @@ def from_pvc(api: Any, namespace: str, claim: str, image: str, dest: str, result
             if phase == "Succeeded":
                 break
             if phase == "Failed":
-                log = api.read_namespaced_pod_log(name=name, namespace=namespace)
+                try:
+                    last = read_log(api, name, namespace)[0].strip().splitlines()[-1:]
+                except Exception as e:
+                    last = [f"(log unreadable: {_why(e)})"]
                 raise CollectError(f"helper pod {name} failed: {_waiting_reason(pod)} "
-                                   f"{log.strip().splitlines()[-1:] or ''}")
+                                   f"{_short(' '.join(last), 300)}".strip())
             if time.monotonic() > deadline:
                 raise CollectError(
                     f"helper pod {name} did not finish within {timeout:g} s (phase {phase or 'unknown'}"
@@ -215,8 +466,14 @@ def from_pvc(api: Any, namespace: str, claim: str, image: str, dest: str, result
                     f"bound and mountable on a node? It has been deleted.")
             progress(f"waiting for pod/{name}: {phase or 'unknown'}")
             time.sleep(poll)
-        text = api.read_namespaced_pod_log(name=name, namespace=namespace)
+        try:
+            text, cut = read_log(api, name, namespace)
+        except Exception as e:
+            raise CollectError(f"could not read the log of helper pod {name}: {_why(e)}") from e
         report = Report()
+        if cut:
+            report.failed.append((f"pod {name}", f"log longer than {MAX_LOG_BYTES >> 20} MiB: "
+                                                 "read up to there"))
         _parse_files(text, dest, report, results_path)
         return report
     finally:  # also on Ctrl-C: never leave the helper behind
@@ -225,11 +482,15 @@ def from_pvc(api: Any, namespace: str, claim: str, image: str, dest: str, result
             progress(f"deleted pod/{name}")
         except Exception as e:  # already gone, or the API is unreachable: say so
             if getattr(e, "status", None) != 404:
-                progress(f"could not delete pod/{name}: {e}; delete it by hand")
+                progress(f"could not delete pod/{name}: {_why(e)}; delete it by hand")
 
 
 def iter_lines(report: Report) -> Iterable[str]:
+    for where, why in report.failed:
+        yield f"{where}: {why}"
     for where, why in report.invalid:
         yield f"skipped {where}: {why}"
+    for where, why in report.renamed:
+        yield f"renamed {where}: {why}"
     for path in report.conflicts:
-        yield f"kept local {path}: the cluster's copy differs"
+        yield f"kept local {display(path)}: the cluster's copy differs"

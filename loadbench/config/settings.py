@@ -272,14 +272,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
     libs = v["LIBRARIES"]
     if not libs:
-        skipped = set()
-        if v["SKIP_TZR"]:
-            skipped.add("tensorizer")
-        if v["SKIP_ST"]:
-            skipped.add("safetensors")
-        if v["SKIP_HF"]:
-            skipped |= {"huggingface", "huggingface-bin"}
-        libs = tuple(lib for lib in loaders.DEFAULT if lib not in skipped)
+        libs = tuple(lib for lib in loaders.DEFAULT if not (loaders.get(lib).skip
+                                                            and v[loaders.get(lib).skip]))
         if not libs:
             raise ConfigError("every library is skipped (SKIP_TZR, SKIP_ST, SKIP_HF): nothing to run")
 

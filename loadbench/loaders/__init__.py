@@ -50,6 +50,8 @@ class Library:
     owns_format: bool = False  # its save() writes `format`
     needs_cuda: bool = False
     weight_suffixes: tuple[str, ...] = field(default=())
+    skip: str = ""             # the seed's SKIP_* variable that leaves it out
+    shards: bool = False       # its save() splits large checkpoints (SHARD_SIZE)
 
 
 INSTANT_BACKENDS = ("URING", "URING_BUFFERED", "AIO", "AIO_BUFFERED", "MMAP", "CUFILE")
@@ -61,15 +63,15 @@ LIBRARIES: tuple[Library, ...] = (
                     "tensorizer: parallel readers (its I/O mode). A comma list sweeps."),
              Option("verify_hash", "TZR_VERIFY_HASH", "bool",
                     "tensorizer: verify its own per-tensor hashes while loading (timed).", "0")),
-            owns_format=True, weight_suffixes=(".tensors",)),
+            owns_format=True, weight_suffixes=(".tensors",), skip="SKIP_TZR"),
     Library("safetensors", "loadbench.loaders.safetensors_lib", "safetensors", "safetensors", True,
             "safetensors.torch.load_file straight onto the device, assigned into a meta skeleton",
-            owns_format=True, weight_suffixes=(".safetensors",)),
+            owns_format=True, weight_suffixes=(".safetensors",), skip="SKIP_ST", shards=True),
     Library("huggingface", "loadbench.loaders.huggingface_lib", "safetensors", "transformers", True,
-            "from_pretrained on the safetensors checkpoint"),
+            "from_pretrained on the safetensors checkpoint", skip="SKIP_HF"),
     Library("huggingface-bin", "loadbench.loaders.huggingface_bin_lib", "bin", "transformers", True,
             "from_pretrained on a legacy pickle pytorch_model.bin (weights_only)",
-            owns_format=True, weight_suffixes=(".bin",)),
+            owns_format=True, weight_suffixes=(".bin",), skip="SKIP_HF"),
     Library("fastsafetensors", "loadbench.loaders.fastsafetensors_lib", "safetensors",
             "fastsafetensors", False,
             "fastsafetensors: files copied to the device in bulk, tensors instantiated in place",

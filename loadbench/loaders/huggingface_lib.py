@@ -6,6 +6,7 @@ import torch
 
 from loadbench.loaders.context import LoadContext
 
+
 def import_package() -> None:
     import transformers
     # A progress bar redrawn inside the timed region is not what users wait for.

@@ -21,6 +21,7 @@ import queue
 import struct
 import threading
 from dataclasses import dataclass
+
 import torch
 
 from loadbench import models

@@ -9,6 +9,7 @@ streamer's default.
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import torch
@@ -40,6 +41,8 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     non_blocking = ctx.device.type == "cuda"
     state: dict[str, torch.Tensor] = {}
     with scoped_env(env), SafetensorsStreamer() as streamer:
+        # What the streamer reads when it starts: proves a sweep's `default` is the default.
+        ctx.info["env_seen"] = {var: os.environ.get(var) for var in ENV.values()}
         streamer.stream_files(weight_files(ctx.checkpoint.folder))
         for name, tensor in streamer.get_tensors():
             state[name] = tensor.to(ctx.device, non_blocking=non_blocking)

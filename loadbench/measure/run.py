@@ -24,7 +24,6 @@ from typing import Any, Callable
 import torch
 
 from loadbench import config, loaders, machine, models
-from loadbench.terminal import text_table
 from loadbench.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -40,6 +39,7 @@ from loadbench.measure import document, trial
 from loadbench.measure.document import fail, now
 from loadbench.storage import ceilings
 from loadbench.storage.checkpoint import open_checkpoint
+from loadbench.terminal import text_table
 
 log = trial.log
 

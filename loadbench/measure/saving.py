@@ -173,7 +173,7 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
         entries[fmt] = {"library": spec.name, "version": loaders.version(spec.package),
                         "files": files, "save_s": times,
                         "bytes": sum(f["bytes"] for f in files if f["weights"]),
-                        "shard_bytes": shard if fmt == "safetensors" else None}
+                        "shard_bytes": shard if spec.shards else None}
 
     manifest = {"schema": MANIFEST_SCHEMA, "model": model_info, "formats": entries,
                 "tensors": tensors, "checksum": checksums.ALGORITHM,

@@ -23,24 +23,28 @@ Version history (as pyperf keeps one):
   time: process_started_at, phases of startup/imports, device_init, ceilings,
   trials, write, and total_s); ``tp_size`` (default 1). Ceilings gain
   ``source`` (measured | reused), ``node``, ``unreliable`` (ceilings a trial
-  beat by more than 3%) and a per-ceiling ``spread``. Trials gain
-  ``verify_s``, ``ceiling``, ``ceiling_gbps``, ``ceiling_beaten``,
+  beat by more than 3%), plain values such as ``file``, ``measured_at`` and
+  ``lock_wait_s``, and a per-ceiling ``spread`` (min_gbps, max_gbps, tries).
+  Trials gain ``cache_s`` (bringing the page cache into the asked state),
+  ``peak_rss_method``, ``verify_s``, ``ceiling``, ``ceiling_gbps``, ``ceiling_beaten``,
   ``first_token_s``, ``tokens_per_s_runs``, ``library_info``, ``output_ids``,
   ``warnings``, ``error`` and ``ranks`` (per-rank objects of a tensor-parallel
   load). Also checked from v2 on, and of v1 documents read today: an ok trial
-  has a positive total_s, a trial does not finish before it starts, and an ok
-  document names its model and device.
+  has a positive total_s, a trial does not finish before it starts, and a
+  document that is ok or has ok trials names its model (bytes >= 1) and device.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -48,7 +52,6 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from typing_extensions import Annotated
 
 SCHEMA = "loadbench.result/2"
 READABLE = ("loadbench.result/1", "loadbench.result/2")
@@ -71,18 +74,52 @@ Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 Rate = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(ge=0, le=MAX_RATE, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 Int64 = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
-# One line of text: no control characters (they would break tables and log lines).
-Line = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+def text(pattern: str, message: str, min_length: int = 0, max_length: int | None = None) -> Any:
+    """A string type checked against pattern, with a reason a person can act on."""
+    rx = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            if len(value) < min_length:
+                raise ValueError("should not be empty" if min_length == 1 else
+                                 f"should have at least {min_length} characters")
+            if max_length is not None and len(value) > max_length:
+                raise ValueError(f"should have at most {max_length} characters")
+            if not rx.fullmatch(value):
+                raise ValueError(message)
+        return value
+    return Annotated[str, BeforeValidator(check),
+                     Field(min_length=min_length, max_length=max_length, pattern=pattern)]
+
+
 # Names that end up in tables, plot titles and file names: printable, no '$' (matplotlib
 # would read "$...$" as mathtext), bounded so that a file name made of them stays valid.
-Label = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f$]+$")]
-AsciiName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\x20-\x23\x25-\x7e]+$")]
-Slug = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
-Mode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
-OptionValue = Optional[Union[StrictBool, Int64, Finite, str]]
+Line = text(r"^[^\x00-\x1f\x7f]*$", "should be one line of text (no control characters)", 1, 200)
+Label = text(r"^[^\x00-\x1f\x7f$]*$", "should be one line of text without control characters or '$'",
+             1, 200)
+AsciiName = text(r"^[\x20-\x23\x25-\x7e]*$", "should be printable ASCII without '$'", 1, 100)
+Slug = text(r"^[A-Za-z0-9._-]*$", "should use only letters, digits, '.', '_' and '-'", 1, 100)
+Mode = text(r"^[A-Za-z0-9_-]*$", "should use only letters, digits, '_' and '-'", 1, 32)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON string, finite number, boolean or null (one reason, not one per type)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int) and -MAX_INT <= value <= MAX_INT:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise ValueError("should be a string, a finite number, a boolean or null")
+
+
+PLAIN_JSON = {"type": ["string", "number", "boolean", "null"]}
+# A library option's value, or any other plain value.
+OptionValue = Annotated[Any, AfterValidator(_plain), WithJsonSchema(PLAIN_JSON)]
 
 
 def _timestamp(value: str) -> str:
@@ -120,14 +157,10 @@ class Mismatch(Model):
 
 
 class Spread(Model):
-    """How much repeated measurements of one ceiling varied (v2)."""
-    n: Optional[Count] = None
-    min: Optional[Rate] = None
-    max: Optional[Rate] = None
-    median: Optional[Rate] = None
-    mean: Optional[Rate] = None
-    std: Optional[Rate] = None
-    rel_std: Optional[Ratio] = None
+    """How much the tries of one ceiling measurement varied (v2)."""
+    min_gbps: Optional[Rate] = None
+    max_gbps: Optional[Rate] = None
+    tries: Optional[Count] = None
 
 
 class Ceiling(Model):
@@ -139,9 +172,23 @@ class Ceiling(Model):
     spread: Optional[Spread] = None
 
 
+def _ceiling_or_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        try:
+            Ceiling.model_validate(value)
+        except ValidationError as e:
+            raise ValueError("; ".join(format_errors(e))) from None
+        return value
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return value
+        raise ValueError("should be a ceiling object, a list of strings or a plain value")
+    return _plain(value)
+
+
 class Ceilings(Model):
     """The machine's measured limits; any further key must be a ceiling or a plain value."""
-    __pydantic_extra__: dict[str, Optional[Union[Ceiling, StrictBool, Int64, Finite, str, list[str]]]]
+    __pydantic_extra__: dict[str, Annotated[Any, AfterValidator(_ceiling_or_plain)]]
     storage_read: Optional[Ceiling] = None
     page_cache_read: Optional[Ceiling] = None
     h2d_pinned: Optional[Ceiling] = None
@@ -185,8 +232,10 @@ class Trial(Model):
     ceiling_fraction: Optional[Ratio] = None
     ceiling_beaten: Optional[StrictBool] = None
     peak_rss_bytes: Optional[Count] = None
+    peak_rss_method: Optional[str] = None
     peak_device_bytes: Optional[Count] = None
     tensors_verified: Optional[Count] = None
+    cache_s: Optional[Seconds] = None
     mismatches: list[Mismatch] = []
     tokens_per_s: Optional[Rate] = None
     tokens_per_s_runs: Optional[list[Rate]] = None
@@ -219,7 +268,7 @@ class Identity(Model):
 
 
 class ModelInfo(Model):
-    bytes: Count
+    bytes: Annotated[int, Field(ge=1, le=MAX_INT)]
     id: Optional[str] = None
     name: Optional[Slug] = None
     arch: Optional[str] = None
@@ -268,8 +317,7 @@ class _Result(Model):
     error: Optional[Error] = None
     library: Label
     label: Label
-    run_id: Optional[Annotated[str, Field(min_length=1, max_length=200,
-                                          pattern=r"^[^\x00-\x1f\x7f]+$")]] = None
+    run_id: Optional[Line] = None
     identity: Identity
     settings: SettingsRecord = SettingsRecord()
     model: Optional[ModelInfo] = None
@@ -286,8 +334,9 @@ class _Result(Model):
     def _consistent(self) -> _Result:
         if self.status == "error" and self.error is None:
             raise ValueError("a document with status error needs an error object")
-        if self.status == "ok" and (self.model is None or self.device is None):
-            raise ValueError("an ok document needs model and device")
+        if (self.status == "ok" or any(t.status == "ok" for t in self.trials)) \
+                and (self.model is None or self.device is None):
+            raise ValueError("an ok document, or one with ok trials, needs model and device")
         _in_order(self.started_at, self.finished_at)
         return self
 
@@ -321,10 +370,12 @@ def _in_order(started: str | None, finished: str | None) -> None:
 
 def _part(key: Any) -> str:
     """A path element fit for one line of output, however hostile the key."""
-    text = str(key)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return text.encode("ascii", "backslashreplace").decode().replace("\n", "\\n")
+    shown = str(key)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    if not shown or "." in shown or not shown.isprintable() or not shown.isascii():
+        shown = repr(shown).encode("ascii", "backslashreplace").decode()
+    return shown
 
 
 def _where(path: tuple[Any, ...] | list[Any]) -> str:
@@ -389,7 +440,9 @@ def problems(doc: Any) -> list[str]:
         return [f"document: is a JSON {type(doc).__name__}, not an object"]
     version = doc.get("schema")
     if not isinstance(version, str) or version not in MODELS:
-        shown = _part(repr(version))
+        shown = repr(version)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        shown = shown.encode("ascii", "backslashreplace").decode()
         return [f"schema: is {shown}; this reader understands {', '.join(READABLE)}"]
     return check(MODELS[version], doc)
 
@@ -399,6 +452,8 @@ def json_schema() -> dict[str, Any]:
     from pydantic import TypeAdapter
     union = Annotated[Union[ResultV1, ResultV2], Field(discriminator="schema_")]
     out = TypeAdapter(union).json_schema(by_alias=True)
+    out["$defs"]["Ceilings"]["additionalProperties"] = {"anyOf": [
+        {"$ref": "#/$defs/Ceiling"}, {"type": "array", "items": {"type": "string"}}, PLAIN_JSON]}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA,
             "title": "loadbench result document",
             "description": "One library variant's trials in one pod. Readers accept "

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadbench.errors import CheckpointError
-from loadbench.schema.manifest import MANIFEST, MANIFEST_SCHEMA, problems as manifest_problems
+from loadbench.schema.manifest import MANIFEST, MANIFEST_SCHEMA
+from loadbench.schema.manifest import problems as manifest_problems
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from loadbench import results
+from loadbench import schema
+from loadbench.schema.result import SCHEMA
 from tests.conftest import ROOT, result_lines, run_script
 
 CORE = ["tensorizer", "safetensors", "huggingface", "huggingface-bin"]
+CPU = CORE + ["flashpack", "reference"]
 WEIGHTS = {"tensorizer": "tensorizer/model.tensors", "safetensors": "safetensors/model.safetensors",
-           "huggingface-bin": "bin/pytorch_model.bin"}
+           "huggingface-bin": "bin/pytorch_model.bin", "flashpack": "flashpack/model.flashpack"}
 
 
 def bench(model: Path, res: Path, **env: str) -> subprocess.CompletedProcess:
@@ -29,20 +31,24 @@ def last_line(stderr: str) -> str:
 
 
 def docs_under(res: Path) -> list[dict]:
-    docs, skipped = results.read_many(str(res))
+    docs, skipped = schema.read_many(str(res))
     assert not skipped, skipped
     return docs
 
 
-def test_all_core_libraries_cold_load_verified_and_agree(saved_model, tmp_path):
-    proc = bench(saved_model, tmp_path / "res", CACHE_MODE="cold", NUM_TRIALS="2")
+def test_every_cpu_library_cold_load_verified_and_agree(saved_model, tmp_path):
+    proc = bench(saved_model, tmp_path / "res", CACHE_MODE="cold", NUM_TRIALS="2",
+                 LIBRARIES=",".join(CPU), INFERENCE_RUNS="2")
     assert proc.returncode == 0, proc.stderr
     docs = docs_under(tmp_path / "res")
-    assert sorted(d["library"] for d in docs) == sorted(CORE)
-    assert [d["library"] for d in result_lines(proc.stdout)] == CORE  # echoed as log lines
+    assert sorted(d["library"] for d in docs) == sorted(CPU)
+    assert [d["library"] for d in result_lines(proc.stdout)] == CPU  # echoed as log lines (a pipe)
     outputs = set()
     for doc in docs:
-        assert doc["status"] == "ok" and doc["schema"] == results.SCHEMA
+        assert doc["status"] == "ok" and doc["schema"] == SCHEMA and doc["io_mode"]
+        phases = [p["name"] for p in doc["pod"]["phases"]]
+        assert phases[:2] == ["startup and imports", "device init"] and "trials" in phases
+        assert doc["pod"]["total_s"] >= sum(p["seconds"] for p in doc["pod"]["phases"]) * 0.9
         assert doc["model"]["params"] == 3448704 and doc["settings"]["NUM_TRIALS"] == 2
         assert len(doc["trials"]) == 2
         for t in doc["trials"]:
@@ -51,6 +57,7 @@ def test_all_core_libraries_cold_load_verified_and_agree(saved_model, tmp_path):
             assert t["total_s"] > 0 and t["gbps"] > 0 and t["peak_rss_bytes"] > 0
             assert 0.0 <= t["resident_before"] <= 1.0
             assert len(t["output_ids"]) == 4 and t["tokens_per_s"] > 0
+            assert len(t["tokens_per_s_runs"]) == 2 and t["first_token_s"] > 0
             outputs.add(tuple(t["output_ids"]))
     assert len(outputs) == 1, "the same weights must generate the same tokens in every library"
     assert "huggingface-bin" in last_line(proc.stderr) or "verified" in proc.stderr
@@ -58,7 +65,7 @@ def test_all_core_libraries_cold_load_verified_and_agree(saved_model, tmp_path):
 
 def test_warm_mode_records_full_residency_and_ceilings(saved_model, tmp_path):
     proc = bench(saved_model, tmp_path / "res", CACHE_MODE="warm", LIBRARIES="safetensors",
-                 SKIP_INFERENCE="1", CEILINGS="1", CEILING_SECONDS="0.2")
+                 SKIP_INFERENCE="1", CEILINGS="measure", CEILING_SECONDS="0.2")
     assert proc.returncode == 0, proc.stderr
     (doc,) = docs_under(tmp_path / "res")
     trial = doc["trials"][0]
@@ -76,6 +83,16 @@ def test_tuning_sweep_gives_one_document_per_value(saved_model, tmp_path):
     docs = docs_under(tmp_path / "res")
     assert sorted(d["label"] for d in docs) == ["tensorizer-numreaders1", "tensorizer-numreaders2"]
     assert sorted(d["trials"][0]["library_info"]["num_readers"] for d in docs) == [1, 2]
+
+
+def test_a_sweeps_default_really_is_the_librarys_default(saved_model, tmp_path):
+    """runai reads its tuning from os.environ: the value of one variant must not leak into the next."""
+    proc = bench(saved_model, tmp_path / "res", LIBRARIES="runai-streamer", RUNAI_CONCURRENCY="8,default",
+                 SKIP_INFERENCE="1")
+    assert proc.returncode == 0, proc.stderr
+    seen = {d["label"]: d["trials"][0]["library_info"]["env_seen"] for d in docs_under(tmp_path / "res")}
+    assert seen["runai-streamer-concurrency8"]["RUNAI_STREAMER_CONCURRENCY"] == "8"
+    assert seen["runai-streamer"]["RUNAI_STREAMER_CONCURRENCY"] is None
 
 
 def expect_bad_input(proc: subprocess.CompletedProcess, res: Path, needle: str, code: int = 2) -> dict:
@@ -195,4 +212,4 @@ def test_save_rejects_a_path_that_is_not_a_folder(tmp_path):
     proc = run_script("save_models.py", {"MODEL_ID": str(tmp_path / "no-such-model"),
                                          "MODEL_PATH": str(tmp_path / "out")})
     assert proc.returncode == 2
-    assert "looks like a path but is not a folder" in last_line(proc.stderr)
+    assert "is none of: a hub id (org/name), a local folder" in last_line(proc.stderr)

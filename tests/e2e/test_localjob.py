@@ -1,71 +1,248 @@
-"""The manifests drive the real scripts: run them through localjob on opt-tiny."""
+"""The manifests drive the real scripts: run them through localjob on opt-tiny, on the CPU."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
+from pathlib import Path
 
-from loadbench import localjob, results
+import pytest
+
+from loadbench import schema
+from loadbench.cluster import localjob, matrix
+from loadbench.errors import ConfigError
 from tests.conftest import ROOT
 
-CPU = {"DEVICE": "cpu", "MODEL_ID": "random/opt-tiny", "MAX_NEW_TOKENS": "2",
-       "CEILING_SECONDS": "0.1"}
+# The experiment as a test wants it: tiny, on the CPU, no ceilings, no generation.
+CPU = {"DEVICE": "cpu", "MODEL_ID": "random/opt-tiny", "CEILINGS": "0", "SKIP_INFERENCE": "1"}
+CLAIM = "loadbench-nvme"
+QUIET = {"log": lambda m: None, "output": lambda line: None}
 
 
-def test_save_then_benchmark_manifests_run_and_produce_documents(tmp_path):
-    pvc = {"loadbench-nvme": str(tmp_path / "pvc")}
-    (save,) = localjob.load_jobs(str(ROOT / "save-models-job.yaml"))
-    res = localjob.run_job(save, pvc, CPU, log=lambda m: None)
+def manifest(name: str) -> str:
+    return str(ROOT / name)
+
+
+def job_named(path: str, name: str) -> dict:
+    return next(j for j in localjob.load_jobs(manifest(path)) if j["metadata"]["name"] == name)
+
+
+def configmaps(*paths: str) -> dict[str, localjob.ConfigMap]:
+    return localjob.configmaps_for([manifest(p) for p in paths])
+
+
+def stub(job: dict, code: str) -> dict:
+    """The Job with its command replaced by a short Python program (policy tests, no model)."""
+    job["spec"]["template"]["spec"]["containers"][0]["command"] = ["python", "-c", code]
+    return job
+
+
+@pytest.fixture(scope="module")
+def pvc(tmp_path_factory) -> Path:
+    """The PVC folder after the save Job ran, with MODEL_ID moved to opt-tiny by an override."""
+    root = tmp_path_factory.mktemp("pvc")
+    (save,) = localjob.load_jobs(manifest("save-models-job.yaml"))
+    res = localjob.run_job(save, {CLAIM: str(root)}, {**CPU, "LIBRARIES": "safetensors,tensorizer"},
+                           configmaps=configmaps("save-models-job.yaml"), **QUIET)
     assert res.ok, res
-    manifest = json.loads((tmp_path / "pvc/models/gpt-j-6b/manifest.json").read_text())
-    assert set(manifest["formats"]) == {"tensorizer", "safetensors", "bin"}
+    return root
 
-    bench = localjob.load_jobs(str(ROOT / "benchmark-job.yaml"))
-    for job in bench:
-        out = localjob.run_job(job, pvc, CPU, completions=2, log=lambda m: None)
-        assert out.ok and out.exit_codes == {0: [0], 1: [0]}, out
-    docs, skipped = results.read_many(str(tmp_path / "pvc/results"))
-    assert not skipped
-    by_lib: dict[str, list] = {}
-    for d in docs:
-        by_lib.setdefault(d["library"], []).append(d)
-    assert set(by_lib) == {"tensorizer", "safetensors", "huggingface", "huggingface-bin"}
-    for lib, ds in by_lib.items():
-        assert sorted(d["identity"]["completion_index"] for d in ds) == [0, 1]
-        for d in ds:
-            assert d["status"] == "ok" and d["run_id"] == "gpt-j-6b-cold"
-            assert d["identity"]["job"] == f"loadbench-{lib}"
-            assert d["identity"]["pod"].startswith(f"loadbench-{lib}-")
-            assert d["identity"]["namespace"] == "local" and d["identity"]["pod_uid"]
-            assert d["ceilings"]["storage_read"]["gbps"] > 0  # CEILINGS=1 in the manifest
+
+def documents(root: Path) -> list[dict]:
+    found, skipped = schema.read_many(str(root))
+    assert not skipped, skipped
+    return found
+
+
+def test_save_job_files_the_model_where_the_overridden_model_id_says(pvc):
+    manifest_json = json.loads((pvc / "models/opt-tiny/manifest.json").read_text())
+    assert {"tensorizer", "safetensors"} <= set(manifest_json["formats"])
+    assert not (pvc / "models/gpt-j-6b").exists(), "MODEL_PATH is derived, so --set MODEL_ID moves it"
+
+
+def test_cli_shows_each_pod_the_results_folder_and_a_summary(pvc, capsys):
+    sets = [arg for k, v in CPU.items() for arg in ("--set", f"{k}={v}")]
+    code = localjob.main([manifest("benchmark-job.yaml"), "--job", "loadbench-safetensors",
+                          "--pvc", f"{CLAIM}={pvc}", *sets, "--completions", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.splitlines()
+    pod_lines = [ln for ln in lines if ln.startswith("[pod/")]
+    assert pod_lines and all(re.match(r"\[pod/loadbench-safetensors-0-[0-9a-f]{5}/benchmark\] ", ln)
+                             for ln in pod_lines)
+    shortened = [ln for ln in pod_lines if "LOADBENCH_RESULT" in ln]
+    assert shortened and all("safetensors ok" in ln and len(ln) < 200 for ln in shortened)
+    assert "ConfigMap loadbench-experiment from experiment.env (kustomization.yaml)" in err
+    results = pvc / "results/opt-tiny-cold"
+    assert re.search(rf"results: \S*{re.escape(str(results.relative_to(pvc.parent)))} \(\d+ documents?\)",
+                     err), err
+    assert "job/loadbench-safetensors: Complete" in err
+    summary = out.split(f"summary of {results.relative_to(pvc.parent)}", 1)[1]  # plot_results' table
+    assert re.search(r"^library .* median s", summary, re.M) and re.search(r"^safetensors ", summary, re.M)
+    assert any(d["library"] == "safetensors" and d["status"] == "ok" for d in documents(results))
+
+
+def test_matrix_job_runs_its_variants_concurrently_in_the_seeded_order(pvc):
+    job = job_named("benchmark-matrix-job.yaml", "loadbench-matrix")
+    variants = "safetensors;tensorizer:TZR_NUM_READERS=2"
+    env = {**CPU, "MATRIX": variants, "MATRIX_SEED": "7", "RUN_ID": "matrix"}
+    res = localjob.run_job(job, {CLAIM: str(pvc)}, env, completions=2, parallelism=2,
+                           configmaps=configmaps("benchmark-matrix-job.yaml"), **QUIET)
+    assert res.ok and res.exit_codes == {0: [0], 1: [0]}, res
+    (a, b) = res.pods
+    assert max(a.started, b.started) < min(a.finished, b.finished), "parallelism 2: both pods at once"
+    planned = {i: str(v) for i, _, v in matrix.plan(env, 2)}
+    got = {d["identity"]["completion_index"]: d for d in documents(pvc / "results/matrix")}
+    assert set(got) == {0, 1}
+    labels = {"safetensors": "safetensors", "tensorizer:TZR_NUM_READERS=2": "tensorizer-numreaders2"}
+    for index, variant in planned.items():
+        assert got[index]["label"] == labels[variant] and got[index]["status"] == "ok"
+        assert got[index]["identity"]["job"] == "loadbench-matrix"
+    assert any(f"matrix: index {i} is round 0, {planned[i]}" in line
+               for p in res.pods for line in p.lines for i in (0, 1))
+
+
+GLOO = """
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank())]); dist.all_reduce(t)
+print("rank", dist.get_rank(), "of", dist.get_world_size(), "at", os.environ["MASTER_ADDR"], "sum", t.item())
+"""
+
+
+def test_tp_ranks_meet_through_the_headless_service_rewritten_to_this_machine(tmp_path):
+    job = stub(job_named("benchmark-tp-multinode.yaml", "loadbench-tp"), GLOO)
+    log: list[str] = []
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU,
+                           configmaps=configmaps("benchmark-tp-multinode.yaml"),
+                           log=log.append, output=lambda line: None)
+    assert res.ok, res
+    said = sorted(line for p in res.pods for line in p.lines if line.startswith("rank"))
+    assert said == ["rank 0 of 2 at 127.0.0.1 sum 1.0", "rank 1 of 2 at 127.0.0.1 sum 1.0"]
+    assert any("MASTER_PORT=" in m for m in log)
+
+
+def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(pvc):
+    job = job_named("benchmark-tp-multinode.yaml", "loadbench-tp")
+    res = localjob.run_job(job, {CLAIM: str(pvc)}, {**CPU, "LIBRARIES": "safetensors", "RUN_ID": "tp"},
+                           configmaps=configmaps("benchmark-tp-multinode.yaml"), **QUIET)
+    assert res.ok and res.exit_codes == {0: [0], 1: [0]}, res
+    got = documents(pvc / "results/tp")
+    assert sorted(d["identity"]["completion_index"] for d in got) == [0, 1]
+    assert all(d["status"] == "ok" and d["identity"]["job"] == "loadbench-tp" for d in got)
+
+
+def test_concurrent_pods_each_get_their_own_gpu(tmp_path):
+    job = stub(job_named("benchmark-job.yaml", "loadbench-safetensors"),
+               "import os, time; print('gpu', os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(0.3)")
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU, completions=4, parallelism=2, gpus=["0", "1"],
+                           configmaps=configmaps("benchmark-job.yaml"), **QUIET)
+    assert res.ok, res
+    assert {p.gpus for p in res.pods} <= {"0", "1"}
+    for p in res.pods:
+        assert p.lines == [f"gpu {p.gpus}"]
+        overlapping = [q for q in res.pods
+                       if q is not p and q.started < p.finished and p.started < q.finished]
+        assert all(q.gpus != p.gpus for q in overlapping), "two pods at once on one GPU"
+    one = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU, completions=2, parallelism=2, gpus=["3"],
+                           configmaps=configmaps("benchmark-job.yaml"), **QUIET)
+    (a, b) = sorted(one.pods, key=lambda p: p.started)
+    assert a.gpus == b.gpus == "3" and b.started >= a.finished, "a pod waits (Pending) for a free GPU"
 
 
 def test_exit_code_2_fails_the_job_at_once(tmp_path):
-    job = next(j for j in localjob.load_jobs(str(ROOT / "benchmark-job.yaml"))
-               if j["metadata"]["name"] == "loadbench-safetensors")
-    res = localjob.run_job(job, {"loadbench-nvme": str(tmp_path)}, {**CPU, "NUM_TRIALS": "zero"},
-                           completions=3, log=lambda m: None)
+    job = job_named("benchmark-job.yaml", "loadbench-safetensors")
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, {**CPU, "NUM_TRIALS": "zero"}, completions=3,
+                           configmaps=configmaps("benchmark-job.yaml"), **QUIET)
     assert res.status == "Failed" and res.reason.startswith("PodFailurePolicy")
     assert sum(len(codes) for codes in res.exit_codes.values()) == 1  # no retry, no next index
     assert "NUM_TRIALS='zero'" in res.reason
 
 
-def test_exit_code_1_is_retried_per_index(tmp_path):
-    pvc = {"loadbench-nvme": str(tmp_path / "pvc")}
-    (save,) = localjob.load_jobs(str(ROOT / "save-models-job.yaml"))
-    assert localjob.run_job(save, pvc, {**CPU, "LIBRARIES": "safetensors"}, log=lambda m: None).ok
-    weights = tmp_path / "pvc/models/gpt-j-6b/safetensors/model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-100:] = bytes(100)  # same size, different bytes: trials fail verification
-    weights.write_bytes(bytes(data))
-    job = next(j for j in localjob.load_jobs(str(ROOT / "benchmark-job.yaml"))
-               if j["metadata"]["name"] == "loadbench-safetensors")
-    res = localjob.run_job(job, pvc, {**CPU, "CEILINGS": "0", "SKIP_INFERENCE": "1"},
-                           completions=1, log=lambda m: None)
+def test_exit_code_1_is_retried_per_index_then_fails_the_index(tmp_path):
+    job = stub(job_named("benchmark-job.yaml", "loadbench-safetensors"), "import sys; sys.exit(1)")
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU, completions=1,
+                           configmaps=configmaps("benchmark-job.yaml"), **QUIET)
     limit = job["spec"]["backoffLimitPerIndex"]
     assert res.status == "Failed" and res.exit_codes == {0: [1] * (limit + 1)}
+    assert res.reason == "indexes [0] failed"
 
 
-def test_cli_reports_unmapped_pvc(tmp_path, capsys):
-    code = localjob.main([str(ROOT / "save-models-job.yaml")])
-    assert code == 2
+def test_env_comes_from_the_experiment_the_job_and_set_in_that_order(tmp_path):
+    job = job_named("benchmark-job.yaml", "loadbench-tensorizer")
+    pvcs = {CLAIM: str(tmp_path)}
+    spec = localjob.pod_spec(job, 3, 0, pvcs, {"MODEL_ID": "random/opt-tiny"},
+                             configmaps("benchmark-job.yaml"))
+    try:
+        env = spec.env
+        assert env["LIBRARIES"] == "tensorizer"  # the Job's env wins over the ConfigMap's
+        assert env["CACHE_MODE"] == "cold" and env["MODEL_ID"] == "random/opt-tiny"  # --set wins over both
+        assert env["JOB_COMPLETION_INDEX"] == "3" and env["JOB_NAME"] == "loadbench-tensorizer"
+        assert env["POD_NAME"] == spec.name and spec.name.startswith("loadbench-tensorizer-3-")
+        assert "MODEL_PATH" not in env and "RUN_ID" not in env
+        assert spec.model_dir == str(tmp_path / "models/opt-tiny")  # derived, through the workingDir
+        assert spec.results_dir == str(tmp_path / "results/opt-tiny-cold")
+        assert all(spec.on_volume.values())
+        assert spec.command == [sys.executable, str(ROOT / "deserialize_benchmark.py")]
+    finally:
+        localjob.cleanup(spec)
+    assert not os.path.exists(spec.scratch)
+
+
+def test_envfrom_resolves_from_the_manifests_or_an_env_file(tmp_path):
+    job = job_named("benchmark-job.yaml", "loadbench-safetensors")
+    pvcs = {CLAIM: str(tmp_path)}
+    committed = localjob.configmaps_for([manifest("experiment-configmap.yaml")])
+    assert committed["loadbench-experiment"].source == "experiment-configmap.yaml"
+    _, env = localjob.pod_command(job, 0, 0, pvcs, configmaps=committed)
+    assert env["MODEL_ID"] == "random/gpt-j-6b"
+    other = tmp_path / "other.env"
+    other.write_text("# a second experiment\nMODEL_ID=random/llama-2-7b\nCACHE_MODE=warm\n")
+    for spec_ in (str(other), f"loadbench-experiment={other}"):
+        found = localjob.configmaps_for([manifest("benchmark-job.yaml")], [spec_])
+        _, env = localjob.pod_command(job, 0, 0, pvcs, configmaps=found)
+        assert env["MODEL_ID"] == "random/llama-2-7b" and env["CACHE_MODE"] == "warm"
+        assert "NUM_TRIALS" not in env  # the file replaces the ConfigMap, as a different one would
+    lone = tmp_path / "lone.yaml"
+    lone.write_text((ROOT / "benchmark-matrix-job.yaml").read_text())
+    with pytest.raises(localjob.ManifestError, match="--env-file loadbench-experiment=FILE"):
+        localjob.pod_command(localjob.load_jobs(str(lone))[0], 0, 0, pvcs,
+                             configmaps=localjob.configmaps_for([str(lone)]))
+    bad = tmp_path / "bad.env"
+    bad.write_text("MODEL_ID\n")
+    with pytest.raises(localjob.ManifestError, match="has no '='"):
+        localjob.configmaps_for([str(lone)], [str(bad)])
+
+
+def test_matrix_plan_is_seeded_balanced_and_derived_from_the_experiment(monkeypatch):
+    env = {"LIBRARIES": "safetensors,tensorizer", "TZR_NUM_READERS": "1,4"}
+    found = [str(v) for v in matrix.variants(env)]
+    assert found == ["safetensors", "tensorizer:TZR_NUM_READERS=1", "tensorizer:TZR_NUM_READERS=4"]
+    plan = [str(v) for _, _, v in matrix.plan(env, 9)]
+    for r in range(3):
+        assert sorted(plan[3 * r:3 * r + 3]) == sorted(found), "each round runs every variant once"
+    assert plan == [str(v) for _, _, v in matrix.plan(env, 9)]
+    reseeded = [str(v) for _, _, v in matrix.plan({**env, "MATRIX_SEED": "1"}, 9)]
+    assert reseeded != plan and sorted(reseeded) == sorted(plan)
+    explicit = matrix.variants({"MATRIX": "tensorizer; tensorizer:TZR_NUM_READERS=16 ;safetensors"})
+    assert matrix.variant_env(explicit[1]) == {"LIBRARIES": "tensorizer", "TZR_NUM_READERS": "16"}
+    for bad in ("nosuchlib", "tensorizer:IT_BACKEND=MMAP", "tensorizer:TZR_NUM_READERS=zero",
+                "safetensors;safetensors"):
+        with pytest.raises(ConfigError):
+            matrix.variants({"MATRIX": bad})
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    assert matrix.main(["--exec"]) == 2  # not an Indexed Job's pod
+
+
+def test_help_and_bad_arguments(tmp_path, capsys):
+    for entry in (localjob.main, matrix.main):
+        with pytest.raises(SystemExit) as exit_:
+            entry(["--help"])
+        assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
+    assert localjob.main([manifest("save-models-job.yaml")]) == 2
     assert "pass --pvc loadbench-nvme=DIR" in capsys.readouterr().err
+    assert localjob.main([manifest("save-models-job.yaml"), "--set", "NOEQUALS"]) == 2
+    assert localjob.main([manifest("benchmark-pvc.yaml")]) == 2
+    assert "no Job" in capsys.readouterr().err

@@ -1,9 +1,13 @@
-"""plot_results.py on real documents from a CPU run: figures, tables, and honest counts."""
+"""plot_results.py on real documents from a CPU run: figures, tables, report.html and honest counts;
+--help and bad arguments; hostile folders; thousands of documents."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
+import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -13,25 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from loadbench.analysis import stats
+from loadbench.analysis import frame as fr
 from tests.conftest import ROOT, run_script
 
-
-def test_tukey_fences_on_hand_made_samples():
-    kept, removed = stats.tukey([1.0, 1.1, 0.9, 1.0, 1.05, 9.0])
-    assert removed == 1 and 9.0 not in kept
-    s = stats.summarize([1.0, 1.1, 0.9, 1.0, 1.05, 9.0])
-    assert s["tukey_removed"] == 1 and s["tukey_mean"] == pytest.approx(1.01)
-    assert s["median"] == pytest.approx(1.025) and s["n"] == 6
-    assert stats.summarize([2.0, 2.0, 2.0])["tukey_removed"] == 0
-    assert stats.percentile([1, 2, 3, 4], 50) == 2.5 and stats.percentile([5], 95) == 5
+REFERENCE = sorted(fr.reference_libraries())[0]
+LIBRARIES = f"safetensors,tensorizer,{REFERENCE}"
 
 
-def test_warnings_for_few_runs_and_large_spread():
-    assert any("only 2 run(s)" in w for w in stats.warnings(stats.summarize([1, 2]), "x"))
-    noisy = stats.warnings(stats.summarize([1, 1, 1, 1, 2]), "x")
-    assert any("unstable" in w for w in noisy)
-    assert stats.warnings(stats.summarize([1.0, 1.01, 0.99, 1.0, 1.0]), "x") == []
+def plot(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "plot_results.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def results_dir(tmp_path_factory, saved_model) -> Path:
     for mode in ("cold", "warm"):
         proc = run_script("deserialize_benchmark.py", {
             "MODEL_ID": "random/opt-tiny", "MODEL_PATH": str(saved_model), "RES_PATH": str(res),
-            "LIBRARIES": "safetensors,tensorizer", "NUM_TRIALS": "5", "CACHE_MODE": mode,
+            "LIBRARIES": LIBRARIES, "NUM_TRIALS": "5", "CACHE_MODE": mode,
             "SKIP_INFERENCE": "1", "CEILINGS": "1", "CEILING_SECONDS": "0.1"})
         assert proc.returncode == 0, proc.stderr
     # One failed run, one corrupt file, one document of another schema: counted, never dropped.
@@ -53,25 +48,32 @@ def results_dir(tmp_path_factory, saved_model) -> Path:
     return res
 
 
+def _documents(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in results_dir.rglob("*.json")
+            if p.parent != results_dir and "config-error" not in str(p)]
+
+
 def test_plot_results_writes_figures_and_tables_that_match_the_raw_trials(results_dir, tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, str(ROOT / "plot_results.py"), str(results_dir),
-                           "--out", str(out), "--format", "png,svg"], capture_output=True, text=True)
+    proc = plot(str(results_dir), "--out", str(out), "--format", "png,svg")
     assert proc.returncode == 0, proc.stderr
     assert "1 with status error" in proc.stderr and "2 skipped" in proc.stderr
-    assert "corrupt.json: unreadable" in proc.stderr and "loadbench.result/9" in proc.stderr
+    assert "corrupt.json: " in proc.stderr and "loadbench.result/9" in proc.stderr
+    pngs = []
     for mode in ("cold", "warm"):
-        for kind in ("load-time", "throughput", "cdf"):
+        for kind in ("load-time", "throughput", "cdf", "pod-time"):
             for ext in ("png", "svg"):
                 files = list(out.glob(f"*-{mode}-{kind}.{ext}"))
                 assert len(files) == 1 and files[0].stat().st_size > 10_000, (mode, kind, ext)
+                pngs += [f for f in files if ext == "png"]
     md = (out / "summary.md").read_text()
     assert "Tukey 1.5xIQR" in md and "error document" in md and "corrupt.json" in md
+    assert "## Which loader to pick" in md and "### Pod time" in md
+    assert "reference loader takes" in md
 
-    docs = [json.loads(p.read_text()) for p in results_dir.rglob("*.json")
-            if p.parent != results_dir and "config-error" not in str(p)]
-    rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert len(rows) == 4  # 2 libraries x 2 modes
+    docs = _documents(results_dir)
+    rows = list(csv.DictReader((out / "summary.csv").open(newline="")))
+    assert len(rows) == 6  # 3 libraries x 2 modes
     for row in rows:
         totals = [t["total_s"] for d in docs if d["status"] == "ok" and d["label"] == row["library"]
                   for t in d["trials"] if t["cache_mode"] == row["cache_mode"]]
@@ -82,26 +84,97 @@ def test_plot_results_writes_figures_and_tables_that_match_the_raw_trials(result
         assert float(row["mean s (Tukey)"]) == pytest.approx(statistics.mean(kept), abs=5e-4)
         assert int(row["removed"]) == 5 - len(kept)
         assert row["verified"] == "5/5"
-        assert row["% of ceiling"].endswith("%")
+        assert row["io mode"] != "-"
+        assert row["% of ceiling"].endswith("%") or "unreliable" in md
     error_rows = [r for r in rows if r["library"] == "safetensors" and r["cache_mode"] == "cold"]
     assert error_rows[0]["errors"] == "1"
+    for mode in ("cold", "warm"):
+        ref = [r for r in rows if r["library"] == REFERENCE and r["cache_mode"] == mode][0]
+        assert ref["× reference"] == "1.00"
+        other = [r for r in rows if r["library"] == "tensorizer" and r["cache_mode"] == mode][0]
+        assert float(other["× reference"]) == pytest.approx(
+            float(other["median s"]) / float(ref["median s"]), rel=0.01)
+
+    html = (out / "report.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(embedded) == len(pngs) == 8
+    assert all(base64.b64decode(e).startswith(b"\x89PNG") for e in embedded)
+    assert "Run metadata" in html and "Settings shared by every document" in html
+    assert "plot_results.py " in html and "src=\"http" not in html  # self-contained
+
+    # The terminal: tables, which loader to pick, and a closing summary.
+    assert "Which loader to pick:" in proc.stdout and "opt-tiny on x86_64" in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "verified loads" in last and f"wrote {len(pngs) * 2 + 3} files" in last
 
 
-def test_plotting_1000_documents_is_fast(results_dir, tmp_path):
+def test_help_prints_and_touches_nothing(tmp_path):
+    proc = plot("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "exit codes" in proc.stdout and "notebook" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [[], ["--bogus", "."], ["{missing}"], [".", "--format", "gif"],
+                                  [".", "--out", "{file}"], [".", "--title", "a\nb"], [".", "extra"]])
+def test_bad_arguments_exit_2_and_create_nothing(tmp_path, args):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(missing=tmp_path / "nope", file=tmp_path / "file") for a in args]
+    proc = plot(*argv, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "usage:" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_hostile_folders_are_listed_never_a_traceback(results_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "binary.json").write_bytes(os.urandom(256))
+    (bad / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (bad / "nan.json").write_text('{"schema": "loadbench.result/2", "trials": [{"total_s": NaN}]}')
+    (bad / "list.json").write_text("[1, 2, 3]")
+    (bad / "empty.json").write_text("")
+    doc = json.loads(next(results_dir.rglob("tensorizer/*.json")).read_text())
+    doc["label"] = "$\\frac{1}{0}$"
+    (bad / "mathtext.json").write_text(json.dumps(doc))
+    proc = plot(str(bad), "--out", str(tmp_path / "r1"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("skipped ") == 6 and "no result documents" in proc.stderr
+
+    ok = json.loads(next(results_dir.rglob("safetensors/*.json")).read_text())
+    ok["identity"]["pod"] = "pod <script>|x"
+    (bad / "ok.json").write_text(json.dumps(ok))
+    proc = plot(str(bad), "--out", str(tmp_path / "r2"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "<script>" not in (tmp_path / "r2" / "report.html").read_text()
+
+
+def test_plotting_1000_documents_is_fast_and_shows_progress(results_dir, tmp_path):
     src = [p for p in results_dir.rglob("*.json") if "config-error" not in str(p)
            and p.parent != results_dir]
     many = tmp_path / "many"
     for i in range(1000):
         p = src[i % len(src)]
+        doc = json.loads(p.read_text())
+        doc["identity"]["pod"] = f"bench-{i}"  # copies keep their times: 1000 pods at once
         dst = many / p.parent.relative_to(results_dir) / f"{i}-{p.name}"
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, dst)
+        dst.write_text(json.dumps(doc))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "plot_results.py"), str(many), "--out",
-                           str(tmp_path / "r")], capture_output=True, text=True)
+    proc = plot(str(many), "--out", str(tmp_path / "r"))
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
-    assert "1000 documents" in proc.stderr
-    # Copies share their timestamps, so loads overlap in time: the timeline figure is drawn.
+    assert "1000 documents" in proc.stderr and "tabulating: 500 of 1000 documents" in proc.stderr
+    assert "episode(s) of concurrent pods" in proc.stderr
     assert list((tmp_path / "r").glob("*-timeline.png"))
-    assert elapsed < 20, f"1000 documents took {elapsed:.1f} s"  # measured ~4 s; CI headroom
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "## Concurrent pods (scale-out)" in md
+    assert elapsed < 30, f"1000 documents took {elapsed:.1f} s"  # measured ~6 s on 2 busy cores
+
+
+def test_published_v1_documents_still_plot(tmp_path):
+    raw = ROOT / "docs" / "results" / "2026-11-22-h200-gpt-j-6b" / "raw"
+    copy = tmp_path / "raw"
+    shutil.copytree(raw, copy)
+    proc = plot(str(copy), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "r").glob("*.png"))) == 6  # no pod times in schema 1: no pod figure

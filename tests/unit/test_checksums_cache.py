@@ -2,7 +2,8 @@ import os
 
 import torch
 
-from loadbench import cache, checksums
+from loadbench.measure import checksums
+from loadbench.storage import cache
 
 MASK = (1 << 64) - 1
 
@@ -57,3 +58,32 @@ def test_evict_and_warm_change_measured_residency(tmp_path):
     # Where the filesystem ignores the advice, the check must say so rather than pretend.
     assert cold <= cache.COLD_LIMIT or "ignore posix_fadvise" in cache.check("cold", cold)
     assert cache.check("warm", 1.0) is None
+
+
+def test_the_reference_loader_places_every_tensor_from_the_safetensors_header(tmp_path):
+    """Its layout parser against safetensors' own writer: shards, dtypes, alignment."""
+    from safetensors.torch import save_file
+
+    from loadbench.loaders import reference_lib
+    a = {"w": torch.randn(3, 5).to(torch.bfloat16), "b": torch.arange(7, dtype=torch.int64)}
+    b = {"x": torch.randn(4, dtype=torch.float32), "y": torch.ones(2, 2, dtype=torch.float16)}
+    paths = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    save_file(a, paths[0])
+    save_file(b, paths[1])
+    entries, sections, total = reference_lib.layout(paths)
+    dest = torch.empty(total, dtype=torch.uint8)
+    reference_lib.read_into(dest, sections, threads=3, chunk=16, buffers=3)  # tiny chunks: many reads
+    got = reference_lib.tensors(dest, entries)
+    for name, want in {**a, **b}.items():
+        assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+
+
+def test_scoped_env_restores_exactly(monkeypatch):
+    import os
+
+    from loadbench.loaders.context import scoped_env
+    monkeypatch.setenv("LB_KEEP", "1")
+    monkeypatch.delenv("LB_GONE", raising=False)
+    with scoped_env({"LB_KEEP": None, "LB_GONE": "x"}):
+        assert "LB_KEEP" not in os.environ and os.environ["LB_GONE"] == "x"
+    assert os.environ["LB_KEEP"] == "1" and "LB_GONE" not in os.environ

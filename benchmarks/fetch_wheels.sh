@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Download the wheels of benchmarks/gpu-wheels.txt into .whl/ for a machine with no internet
+# (Python 3.12, x86_64 manylinux). Then: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY_VERSION:-3.12}
+platforms=()
+for p in manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 \
+         manylinux_2_17 manylinux2014 manylinux1; do platforms+=(--platform "${p}_x86_64"); done
+grep -v '^#' benchmarks/gpu-wheels.txt | grep . | xargs python3 -m pip download -q --no-deps \
+  --only-binary=:all: --python-version "$PY" --implementation cp "${platforms[@]}" -d .whl
+ls .whl

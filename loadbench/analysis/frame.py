@@ -1,0 +1,378 @@
+"""Result documents -> one pandas DataFrame with one row per trial.
+
+Why one flat table: summary.md, summary.csv, the figures, report.html and a
+notebook all read the same rows, so they cannot disagree, and anyone can ask
+a new question with pandas instead of walking nested JSON. A document without
+trials (a run that failed before its first load) still gets one row, with
+`trial` missing, so failures are counted and never dropped.
+
+Rows carry their group keys flattened: model, device, `cache_state` (what the
+page cache held before the load, measured: cold below 5% resident, warm above
+95%, partial between; the requested `cache_mode` is kept beside it, because a
+pod that found a neighbour's pages resident was not cold whatever it asked
+for), and `row`: the label, plus the settings that set its documents apart
+when documents of one label were run with different settings (they are never
+pooled; `settings_key` holds each document's settings fingerprint).
+
+Library roles (which library is loadbench's own reference instrument, which
+is the `from_pretrained` baseline) are derived from the loaders' registry
+here, in one place; analysis code never spells a library name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from loadbench import loaders
+from loadbench.config import model_slug
+
+COLD_BELOW = 0.05     # resident fraction under which a load counts as cold
+WARM_ABOVE = 0.95     # ... and over which it counts as warm; between: "partial"
+MAX_PHASES = 24       # distinct pod-phase names kept as columns; the rest are summed as "other"
+
+# Settings that never set two documents' measurements apart: who ran them and where
+# (identity, paths of results), which libraries ran beside them, how the report or the
+# extras were made (ceilings, inference), and what the group keys already say (the
+# cache state is measured per trial; the device by its name). Library option variables
+# are replaced by the document's own `options`, so another library's sweep never matters.
+IGNORED_SETTINGS = frozenset({
+    "JOB_NAME", "JOB_COMPLETION_INDEX", "POD_NAME", "POD_UID", "NODE_NAME", "POD_NAMESPACE",
+    "RES_PATH", "RUN_ID", "DEVICE", "DEVICE_RESOLVED", "LIBRARIES", "SKIP_TZR", "SKIP_ST", "SKIP_HF",
+    "USE_FP16", "CACHE_MODE", "CEILINGS", "CEILING_SECONDS", "SKIP_INFERENCE", "MAX_NEW_TOKENS",
+    "INFERENCE_RUNS", "RESULT_LINES",
+})
+
+# The columns of `frame()`, in order; phase columns (pod_<phase>_s) follow pod_total_s.
+COLUMNS = (
+    "doc", "model", "device", "cache_state", "row", "label", "library", "io_mode", "version", "options",
+    "run_id", "settings_key", "settings_variant", "node", "pod", "pod_uid", "job", "completion_index",
+    "path", "schema", "doc_status", "doc_error", "model_id", "model_bytes", "dtype", "params",
+    "device_type", "torch", "python",
+    "trial", "status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
+    "ceiling", "ceiling_gbps", "ceiling_fraction", "ceiling_beaten", "cache_s", "verify_s",
+    "first_token_s", "load_first_token_s", "tokens_per_s", "inference_s", "peak_rss_bytes",
+    "peak_device_bytes", "tensors_verified", "mismatches", "error", "started_at", "finished_at",
+    "load_end",
+    "ceilings_source", "ceilings_unreliable", "ceiling_storage_read_gbps",
+    "ceiling_page_cache_read_gbps", "ceiling_h2d_pinned_gbps", "ceiling_h2d_pageable_gbps",
+    "pod_started_at", "pod_total_s",
+)
+CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable")
+NUMERIC = ("model_bytes", "params", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
+           "ceiling_gbps", "ceiling_fraction", "cache_s", "verify_s", "first_token_s",
+           "load_first_token_s", "tokens_per_s", "inference_s", "peak_rss_bytes", "peak_device_bytes",
+           "tensors_verified", "mismatches", "pod_total_s") + tuple(
+               f"ceiling_{n}_gbps" for n in CEILING_NAMES)
+
+
+# --- library roles, from the registry -------------------------------------------------------
+
+def reference_libraries() -> frozenset[str]:
+    """Libraries that are loadbench's own instrument (the registry records loadbench
+    itself as their package): shown as a line to compare with, never as a pick."""
+    return frozenset(lib.name for lib in loaders.LIBRARIES if lib.package == "loadbench")
+
+
+def baseline_library() -> str | None:
+    """The library a user compares with first: `from_pretrained` as most people load today,
+    found by what the registry says of it: it calls from_pretrained on a checkpoint another
+    library writes (the legacy variant reads a format it writes itself)."""
+    for lib in loaders.LIBRARIES:
+        if lib.describe.startswith("from_pretrained") and not lib.owns_format:
+            return lib.name
+    return None
+
+
+def describe(library: str) -> str:
+    """The registry's one-line description of a library, or '' for one it does not know."""
+    lib = loaders.BY_NAME.get(library)
+    return lib.describe if lib else ""
+
+
+def package(library: str) -> str:
+    """The distribution whose version a document records for this library."""
+    lib = loaders.BY_NAME.get(library)
+    return lib.package if lib else library
+
+
+# --- defensive readers: a hostile value becomes missing, never an exception ------------------
+
+def _num(value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+    return f if math.isfinite(f) and f >= 0 else math.nan
+
+
+def _text(value: Any, limit: int = 500) -> str | None:
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def cache_state(resident: float, requested: str | None) -> str:
+    """cold / warm / partial by measured residency; the requested mode when none was measured."""
+    if isinstance(resident, (int, float)) and math.isfinite(resident):
+        if resident < COLD_BELOW:
+            return "cold"
+        if resident > WARM_ABOVE:
+            return "warm"
+        return "partial"
+    return requested or "unknown"
+
+
+def fingerprint(doc: dict[str, Any]) -> str:
+    """The settings that could change what a document measured, as one canonical string:
+    two documents of one label with different fingerprints are never pooled."""
+    option_envs = {o.env for _, o in loaders.all_options()}
+    settings = {k: v for k, v in _dict(doc.get("settings")).items()
+                if k not in IGNORED_SETTINGS and k not in option_envs and v is not None}
+    options = doc.get("options") if "options" in doc else doc.get("tuning")
+    for k, v in _dict(options).items():
+        if v is not None:
+            settings[f"option {k}"] = v
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _error_line(err: Any) -> str | None:
+    e = _dict(err)
+    if not e:
+        return None
+    return _text(f"{e.get('type') or 'error'}: {e.get('message') or ''}".rstrip(": "))
+
+
+def _phase_column(name: str) -> str:
+    return "pod_" + (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "phase") + "_s"
+
+
+def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """Everything a document's rows share."""
+    settings = _dict(doc.get("settings"))
+    model = _dict(doc.get("model"))
+    device = _dict(doc.get("device"))
+    ident = _dict(doc.get("identity"))
+    versions = _dict(doc.get("versions"))
+    ceilings = _dict(doc.get("ceilings"))
+    pod = _dict(doc.get("pod"))
+    library = _text(doc.get("library"), 200) or "unknown"
+    who = ident.get("pod") or (f"{ident.get('hostname') or ident.get('node') or 'host'}"
+                               f":{ident.get('pid') if ident.get('pid') is not None else '?'}")
+    options = doc.get("options") if "options" in doc else doc.get("tuning")
+    version = versions.get(package(library))
+    out = {
+        "model": _text(model.get("name"), 100) or model_slug(str(settings.get("MODEL_ID") or "unknown")),
+        "device": _text(device.get("name"), 100),
+        "label": _text(doc.get("label"), 200) or library, "library": library,
+        "io_mode": _text(doc.get("io_mode"), 200), "version": _text(version, 60),
+        "options": json.dumps(_dict(options), sort_keys=True, default=str),
+        "run_id": _text(doc.get("run_id"), 200), "settings_key": fingerprint(doc),
+        "node": _text(ident.get("node"), 200), "pod": _text(who, 200),
+        "pod_uid": _text(ident.get("pod_uid"), 200), "job": _text(ident.get("job"), 200),
+        "completion_index": _text(ident.get("completion_index"), 40),
+        "path": doc.get("_path"), "schema": _text(doc.get("schema"), 40),
+        "doc_status": _text(doc.get("status"), 20), "doc_error": _error_line(doc.get("error")),
+        "model_id": _text(model.get("id") or settings.get("MODEL_ID"), 300),
+        "model_bytes": _num(model.get("bytes")), "dtype": _text(model.get("dtype"), 20),
+        "params": _num(model.get("params")), "device_type": _text(device.get("type"), 20),
+        "torch": _text(versions.get("torch"), 60), "python": _text(versions.get("python"), 60),
+        "ceilings_source": _text(ceilings.get("source"), 20),
+        "ceilings_unreliable": ",".join(sorted(str(x) for x in _list(ceilings.get("unreliable")))),
+        "pod_started_at": _text(pod.get("process_started_at"), 60),
+        "pod_total_s": _num(pod.get("total_s")),
+        "requested": _text(_dict(doc.get("settings")).get("CACHE_MODE"), 32),
+    }
+    for name in CEILING_NAMES:
+        out[f"ceiling_{name}_gbps"] = _num(_dict(ceilings.get(name)).get("gbps"))
+    phases: dict[str, float] = {}
+    for p in _list(pod.get("phases")):
+        p = _dict(p)
+        seconds = _num(p.get("seconds"))
+        if isinstance(p.get("name"), str) and not math.isnan(seconds):
+            phases[p["name"]] = phases.get(p["name"], 0.0) + seconds
+    out["_phases"] = phases
+    return out
+
+
+def _trial_fields(t: dict[str, Any], i: int | None, nbytes: float) -> dict[str, Any]:
+    total = _num(t.get("total_s"))
+    first = _num(t.get("first_token_s"))
+    beaten = t.get("ceiling_beaten")
+    return {
+        "trial": i, "status": _text(t.get("status"), 20) or "unknown",
+        "cache_mode": _text(t.get("cache_mode"), 32), "resident_before": _num(t.get("resident_before")),
+        "skeleton_s": _num(t.get("skeleton_s")), "weights_s": _num(t.get("weights_s")),
+        "total_s": total,
+        # Recomputed from the model's bytes, so every rate in a report has one definition.
+        "gbps": nbytes / total / 1e9 if nbytes > 0 and total > 0 else _num(t.get("gbps")),
+        "ceiling": _text(t.get("ceiling"), 40), "ceiling_gbps": _num(t.get("ceiling_gbps")),
+        "ceiling_fraction": _num(t.get("ceiling_fraction")),
+        "ceiling_beaten": beaten if isinstance(beaten, bool) else None,
+        "cache_s": _num(t.get("cache_s")), "verify_s": _num(t.get("verify_s")),
+        "first_token_s": first, "load_first_token_s": total + first,
+        "tokens_per_s": _num(t.get("tokens_per_s")), "inference_s": _num(t.get("inference_s")),
+        "peak_rss_bytes": _num(t.get("peak_rss_bytes")),
+        "peak_device_bytes": _num(t.get("peak_device_bytes")),
+        "tensors_verified": _num(t.get("tensors_verified")),
+        "mismatches": float(len(_list(t.get("mismatches")))),
+        "error": _error_line(t.get("error")),
+        "started_at": _text(t.get("started_at"), 60), "finished_at": _text(t.get("finished_at"), 60),
+    }
+
+
+def _empty_trial() -> dict[str, Any]:
+    out = _trial_fields({}, None, math.nan)
+    out["status"] = "error"
+    return out
+
+
+def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None = None
+          ) -> pd.DataFrame:
+    """One row per trial (one per trial-less document), group keys flattened; see the module
+    docstring for the columns that need explaining. `progress(n)` is called every 500 documents."""
+    records: list[dict[str, Any]] = []
+    phase_names: list[str] = []
+    for k, doc in enumerate(docs):
+        if progress and k and k % 500 == 0:
+            progress(k)
+        if not isinstance(doc, dict):
+            continue
+        shared = _doc_fields(doc)
+        shared["doc"] = k
+        _merge_order(phase_names, list(shared["_phases"]))
+        trials = [t for t in _list(doc.get("trials")) if isinstance(t, dict)]
+        if not trials:
+            records.append({**shared, **_empty_trial()})
+        for i, t in enumerate(trials):
+            records.append({**shared, **_trial_fields(t, i, shared["model_bytes"])})
+    kept = phase_names[:MAX_PHASES]
+    phase_cols = {}
+    for name in kept:
+        phase_cols.setdefault(_phase_column(name), []).append(name)
+    for r in records:
+        phases = r.pop("_phases")
+        for col, names in phase_cols.items():
+            r[col] = sum(phases.get(n, 0.0) for n in names) if phases else math.nan
+        if len(phase_names) > MAX_PHASES:
+            other = [v for n, v in phases.items() if n not in kept]
+            r["pod_more_phases_s"] = sum(other) if phases else math.nan
+    if len(phase_names) > MAX_PHASES:
+        phase_cols["pod_more_phases_s"] = ["other phases"]
+    columns = list(COLUMNS) + list(phase_cols) + ["requested"]
+    df = pd.DataFrame.from_records(records, columns=columns)
+    df.attrs["phases"] = {col: " + ".join(names) for col, names in phase_cols.items()}
+    df = _derive(df)
+    if phase_cols:
+        # What the document's own phases leave out of its pod's total: the libraries the pod ran
+        # before this one, and writing their documents. With it, the phases add up to the total.
+        named = df[list(phase_cols)].sum(axis=1, min_count=1)
+        df["pod_earlier_s"] = (df["pod_total_s"] - named).clip(lower=0)
+        df.attrs["phases"]["pod_earlier_s"] = "earlier libraries in the pod"
+    return df
+
+
+def _merge_order(order: list[str], names: list[str]) -> None:
+    """Add names to `order`, each new one right after the name it followed in `names`,
+    so phases keep the order pods ran them in whichever document showed them first."""
+    previous = None
+    for name in names:
+        if name not in order:
+            order.insert(order.index(previous) + 1 if previous is not None else 0, name)
+        previous = name
+
+
+def _derive(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns computed across documents: types, cache state, devices of failed runs, rows."""
+    for col in NUMERIC + tuple(df.attrs.get("phases", {})):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    df["trial"] = pd.array(df["trial"], dtype="Int64")
+    for col in ("started_at", "finished_at", "pod_started_at"):
+        df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
+    df["load_end"] = df["started_at"] + pd.to_timedelta(df["total_s"], unit="s", errors="coerce")
+    df["cache_state"] = [cache_state(r, m if isinstance(m, str) else q if isinstance(q, str) else None)
+                         for r, m, q in zip(df["resident_before"], df["cache_mode"], df["requested"])]
+    df = df.drop(columns=["requested"])
+    # A run that failed before it saw its device joins a group of the same model and state.
+    known = (df.dropna(subset=["device"]).groupby(["model", "cache_state"])["device"].first().to_dict()
+             if len(df) else {})
+    missing = df["device"].isna()
+    df.loc[missing, "device"] = [known.get((m, s), "unknown") for m, s in
+                                 zip(df.loc[missing, "model"], df.loc[missing, "cache_state"])]
+    df["settings_variant"] = ""
+    df["row"] = df["label"]
+    for _, part in df.groupby(["model", "device", "cache_state", "label"], sort=False):
+        # Only documents that measured something decide whether a label splits; a run that
+        # failed before its first trial joins the row of its own settings, else its label's.
+        measured = list(part[part["trial"].notna()]["settings_key"].unique())
+        if len(measured) < 2:
+            continue
+        names = variant_names(list(dict.fromkeys(measured + list(part["settings_key"]))))
+        variant = part["settings_key"].map(names)
+        df.loc[part.index, "settings_variant"] = variant
+        df.loc[part.index, "row"] = part["label"] + " [" + variant + "]"
+    return df.reset_index(drop=True)
+
+
+def variant_names(keys: list[str], limit: int = 3) -> dict[str, str]:
+    """For fingerprints that differ, a short name each: only the settings that differ."""
+    parsed = {k: json.loads(k) for k in keys}
+    names = sorted(set().union(*parsed.values()))
+    differ = [n for n in names if len({json.dumps(p.get(n), sort_keys=True, default=str)
+                                       for p in parsed.values()}) > 1]
+    out = {}
+    for k, p in parsed.items():
+        parts = [f"{n}={_short(p.get(n, 'unset'))}" for n in differ[:limit]]
+        if len(differ) > limit:
+            parts.append(f"+{len(differ) - limit} more")
+        out[k] = ", ".join(parts)
+    if len(set(out.values())) < len(out):  # never two rows of one name
+        for i, k in enumerate(sorted(out)):
+            out[k] = f"{out[k]} #{i + 1}"
+    return out
+
+
+def _short(value: Any, limit: int = 32) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = "".join(c for c in text if c.isprintable() and c not in "[]$")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def differing_settings(keys: Iterable[str]) -> dict[str, list[str]]:
+    """Setting -> the distinct values it took across these fingerprints (only those that differ)."""
+    parsed = [json.loads(k) for k in set(keys)]
+    names = sorted(set().union(*parsed)) if parsed else []
+    out = {}
+    for n in names:
+        values = sorted({_short(p.get(n, "unset"), 80) for p in parsed})
+        if len(values) > 1:
+            out[n] = values
+    return out
+
+
+def load(root: str | os.PathLike[str], progress: Callable[[int], None] | None = None
+         ) -> pd.DataFrame:
+    """Every result document under `root` as `frame()` rows; files that are not valid
+    documents are listed, with why, in `df.attrs["skipped"]` as (path, reason) pairs."""
+    from loadbench import schema
+    docs, skipped = schema.read_many(os.fspath(root))
+    df = frame(docs, progress)
+    df.attrs["skipped"] = list(skipped)
+    df.attrs["documents"] = len(docs)
+    return df
