@@ -1,20 +1,21 @@
-# The two commands: `make demo` and `make test`. Each sets up .venv first.
+# The commands: `make demo`, `make test`, `make shell`. Each sets up .venv first.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CHECKOV := .venv-checkov/bin/checkov
 DEMO_DIR ?= loadbench-data/demo
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-gpu lint setup shell clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first, pinned: an unpinned torch would pull gigabytes of CUDA packages here.
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 # checkov pins many packages of its own, so it lives in a separate environment.
@@ -27,13 +28,22 @@ setup: $(VENV)/.installed $(CHECKOV)
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	MODEL_ID=random/opt-tiny MODEL_PATH=$(DEMO_DIR)/model DEVICE=$${DEVICE:-auto} \
-	  $(BIN)/python save_models.py
+	  $(BIN)/loadbench save
 	MODEL_ID=random/opt-tiny MODEL_PATH=$(DEMO_DIR)/model RES_PATH=$(DEMO_DIR)/results \
-	  CACHE_MODE=cold NUM_TRIALS=1 DEVICE=$${DEVICE:-auto} $(BIN)/python deserialize_benchmark.py >/dev/null
+	  CACHE_MODE=cold NUM_TRIALS=1 CEILINGS=0 RESULT_LINES=0 DEVICE=$${DEVICE:-auto} $(BIN)/loadbench bench
+
+# A shell with the venv first on PATH: `loadbench`, `python` and the scripts work as the README shows.
+shell: $(VENV)/.installed
+	@echo "loadbench shell: .venv is active; exit to leave"
+	@PATH=$(abspath $(BIN)):$$PATH VIRTUAL_ENV=$(abspath $(VENV)) $${SHELL:-bash} -i
 
 test: setup
 	$(BIN)/ruff check .
-	PATH=$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q
+	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q tests/unit tests/e2e
+
+# On a GPU machine: the tier CI cannot run (real CUDA loads with every peer).
+test-gpu: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests/gpu
 
 clean:
-	rm -rf loadbench-data results .pytest_cache
+	rm -rf loadbench-data results report pvc .pytest_cache

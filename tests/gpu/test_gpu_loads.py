@@ -1,0 +1,34 @@
+"""The tier CI cannot run: every library, peers included, loading onto a real GPU.
+
+Skipped without CUDA. On a GPU machine: `make test-gpu` (the peers must be installed:
+pip install -r requirements-peers.txt, or the wheels of benchmarks/gpu-wheels.txt).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loadbench import loaders, schema
+from tests.conftest import run_script
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+def test_every_library_loads_onto_the_gpu_verified(tmp_path, mode):
+    model = tmp_path / "m"
+    env = {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(model), "DEVICE": "cuda",
+           "LIBRARIES": ",".join(loaders.NAMES)}
+    save = run_script("save_models.py", env)
+    assert save.returncode == 0, save.stderr
+    proc = run_script("deserialize_benchmark.py", {**env, "RES_PATH": str(tmp_path / "res"),
+                                                   "CACHE_MODE": mode, "MAX_NEW_TOKENS": "4",
+                                                   "CEILINGS": "measure", "CEILING_SECONDS": "0.3"})
+    assert proc.returncode == 0, proc.stderr
+    docs, skipped = schema.read_many(str(tmp_path / "res"))
+    assert not skipped
+    assert {d["library"] for d in docs} == set(loaders.NAMES)
+    for d in docs:
+        assert d["device"]["type"] == "cuda" and d["io_mode"], d["label"]
+        assert all(t["status"] == "ok" and t["first_token_s"] for t in d["trials"]), d["label"]
