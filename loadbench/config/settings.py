@@ -168,6 +168,11 @@ SETTINGS: tuple[Setting, ...] = (
             "save_models.py: largest safetensors file; larger checkpoints are sharded with "
             "model.safetensors.index.json. auto: the Hub's layout (5G shards above 5 GB, else one "
             "file); none: one file.", "auto, none, size (2G, 500M)"),
+    Setting("TP_SIZE", _int(1), "1",
+            "Tensor-parallel ranks: the pod starts this many rank processes (one GPU each; gloo on "
+            "CPU), each loading only its slices by the architecture's tensor-parallel plan. "
+            "save_models.py writes per-slice checksums (and per-rank tensorizer files) for it.",
+            "integer >= 1"),
     Setting("NUM_TRIALS", _int(1), "1",
             "Trials per library in this process (saves per format for save_models.py). "
             "A pod is one fresh process; later trials in one process reuse its warm CUDA context.",
@@ -234,6 +239,7 @@ class Settings:
     dtype: str
     random_seed: int
     shard_size: str
+    tp_size: int
     num_trials: int
     res_path: str
     run_id: str
@@ -295,7 +301,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     ceilings = {"1": "measure", "measure": "measure", "0": "off", "reuse": "reuse"}[v["CEILINGS"]]
     return Settings(
         model_id=v["MODEL_ID"], model_path=model_path, dtype=dtype, random_seed=v["RANDOM_SEED"],
-        shard_size=shard, num_trials=v["NUM_TRIALS"], res_path=v["RES_PATH"], run_id=run_id,
+        shard_size=shard, tp_size=v["TP_SIZE"], num_trials=v["NUM_TRIALS"], res_path=v["RES_PATH"], run_id=run_id,
         libraries=libs, device=v["DEVICE"], cache_mode=v["CACHE_MODE"],
         skip_inference=v["SKIP_INFERENCE"], max_new_tokens=v["MAX_NEW_TOKENS"],
         inference_runs=v["INFERENCE_RUNS"], ceilings=ceilings, ceiling_seconds=v["CEILING_SECONDS"],
