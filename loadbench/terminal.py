@@ -69,3 +69,41 @@ class Progress:
         if self.tty:
             sys.stderr.write("\n")
         return seconds
+
+
+class FolderWatch:
+    """Progress of a writer that has no callback: the size of the folder it writes,
+    checked every `interval` seconds from a thread (cheap: one scandir)."""
+
+    def __init__(self, folder: str, total: int, what: str, log: Callable[[str], None],
+                 interval: float = 2.0) -> None:
+        import threading
+        self.folder, self.interval = folder, interval
+        self.progress = Progress(what, total, log)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _size(self) -> int:
+        import os
+        total = 0
+        for root, _, files in os.walk(self.folder):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            size = self._size()
+            self.progress.advance(size - self.progress.done)
+
+    def __enter__(self) -> "FolderWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.progress.finish()

@@ -55,6 +55,7 @@ def _log(message: str) -> None:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, checked here so that a bad one exits 2 before anything is read or written."""
     ap = argparse.ArgumentParser(prog="plot_results.py", description=DESCRIPTION, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of result documents")
@@ -86,6 +87,7 @@ def read(root: str, log: Callable[[str], None] = _log, every: float = PROGRESS_E
     result: dict[str, Any] = {}
 
     def work() -> None:
+        """Runs read_many; an exception is kept for the caller to say in one line."""
         try:
             result["value"] = schema.read_many(root)
         except BaseException as e:  # reported below, never as a traceback
@@ -103,11 +105,6 @@ def read(root: str, log: Callable[[str], None] = _log, every: float = PROGRESS_E
         log(f"could not read {root}: {type(e).__name__}: {e}")
         return [], []
     return result["value"]
-
-
-def _ceiling_file(path: str, why: str) -> bool:
-    """Node ceiling files (RES_PATH/<run>/ceilings/<node>.json) live beside the documents."""
-    return os.path.basename(os.path.dirname(path)) == "ceilings" and why.startswith("schema:")
 
 
 def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict[str, str],
@@ -176,12 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     start = time.perf_counter()
     docs, skipped = read(args.results_dir)
-    ceiling_files = [p for p, why in skipped if _ceiling_file(p, why)]
-    skipped = [(p, why) for p, why in skipped if not _ceiling_file(p, why)]
     errors = sum(1 for d in docs if d.get("status") == "error")
-    _log(f"{len(docs)} documents ({errors} with status error), {len(skipped)} skipped"
-         + (f", {len(ceiling_files)} node ceiling file(s) beside them" if ceiling_files else "")
-         + f", read in {time.perf_counter() - start:.1f} s")
+    _log(f"{len(docs)} documents ({errors} with status error), {len(skipped)} skipped, "
+         f"read in {time.perf_counter() - start:.1f} s")
     for path, why in skipped:
         _log(f"skipped {path}: {why}")
     if not docs:

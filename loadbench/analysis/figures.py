@@ -105,7 +105,10 @@ def load_times(g: Group) -> Any | None:
     ok = g.ok()
     data = [ok[ok["row"] == r]["total_s"].tolist() for r in rows["row"]]
     fig, ax = plt.subplots(figsize=(9, 1.0 + 0.62 * len(rows) + 0.8))
-    ax.boxplot(data, vert=False, showfliers=False, widths=0.55)
+    import matplotlib
+    flat = ({"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
+            >= (3, 10) else {"vert": False})   # `vert` is deprecated from 3.11 on
+    ax.boxplot(data, showfliers=False, widths=0.55, **flat)
     for i, values in enumerate(data, start=1):
         jitter = [i + (k % 5 - 2) * 0.05 for k in range(len(values))]
         ax.scatter(values, jitter, s=14, alpha=0.7, zorder=3, color="#4c72b0")
@@ -138,11 +141,11 @@ def throughput(g: Group) -> Any | None:
     y = list(range(len(rows)))
     ax.barh(y, rows["gbps"], color=[STATE_COLOURS.get(g.state, "#4c72b0")] * len(rows), height=0.6)
     for yi, (_, r) in zip(y, rows.iterrows()):
-        text = f" {fmt_gbps(r['gbps'])} GB/s"
+        text = f"{fmt_gbps(r['gbps'])} GB/s"
         if r["ceiling_fraction"] is not None and not pd.isna(r["ceiling_fraction"]):
             text += f", {fmt_pct(r['ceiling_fraction'])} of ceiling"
-        ax.text(r["gbps"], yi, text, va="center", fontsize=8, zorder=4,
-                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+        ax.annotate(text, (r["gbps"], yi), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8, zorder=4, bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
     ax.set_yticks(y, [_label(r) for _, r in rows.iterrows()], fontsize=8)
     bars = rows["gbps"].tolist()
     ref_gbps = (g.model_bytes() or 0) / g.reference_s / 1e9 if g.reference_s else None
@@ -244,7 +247,7 @@ def pod_time(g: Group, phases: dict[str, str]) -> Any | None:
         total = stats.median(docs[docs["row"] == n]["pod_total_s"])
         ax.text(left[i], i, f" {fmt_s(total)} s pod total", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), [esc(n) for n in names], fontsize=8)
-    ax.set_xlim(0, max(left + [1e-9]) * HEADROOM)
+    ax.set_xlim(0, max(left + [1e-9]) * 1.3)
     ax.set_xlabel("seconds (median per document)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(cols), 5),
@@ -252,6 +255,21 @@ def pod_time(g: Group, phases: dict[str, str]) -> Any | None:
     ax.set_title(esc(f"Pod time by phase, process start to document\n{g.model} on {g.device}, "
                      f"{g.state} page cache"), fontsize=10)
     return fig
+
+
+def aggregate_rate(spans: list[tuple[float, float, float]]) -> tuple[list[float], list[float]]:
+    """(times, GB/s in flight from each time on) for (start, end, GB/s) loads: one sweep over
+    the sorted starts and ends, so thousands of concurrent pods cost milliseconds."""
+    events: dict[float, float] = {}
+    for start, end, rate in spans:
+        events[start] = events.get(start, 0.0) + rate
+        events[end] = events.get(end, 0.0) - rate
+    times = sorted(events)
+    total, out = 0.0, []
+    for t in times:
+        total += events[t]
+        out.append(max(total, 0.0))
+    return times, out
 
 
 def timeline(ep: list[dict[str, Any]]) -> Any | None:
@@ -266,13 +284,14 @@ def timeline(ep: list[dict[str, Any]]) -> Any | None:
         return None
     plt = _plt()
     t0 = min(s[0] for s in spans)
-    spans.sort(key=lambda s: (s[2], s[0]))
-    pods = list(dict.fromkeys(s[2] for s in spans))
+    spans.sort(key=lambda s: s[0])
+    pods = list(dict.fromkeys(s[2] for s in spans))   # by first start: a waterfall
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 2.5 + min(len(pods), 40) * 0.12 + 2.5),
                                    sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for start, end, pod, state, _, _ in spans:
-        ax1.barh(pods.index(pod), (end - start).total_seconds(), left=(start - t0).total_seconds(),
-                 height=0.8, color=STATE_COLOURS.get(state, "#999999"))
+    row = {p: i for i, p in enumerate(pods)}
+    ax1.barh([row[s[2]] for s in spans], [(s[1] - s[0]).total_seconds() for s in spans],
+             left=[(s[0] - t0).total_seconds() for s in spans], height=0.8, linewidth=0,
+             color=[STATE_COLOURS.get(s[3], "#999999") for s in spans])
     from matplotlib.patches import Patch
     handles = [Patch(color=colour, label=f"{state} (measured before the load)")
                for state, colour in STATE_COLOURS.items() if any(s[3] == state for s in spans)]
@@ -282,11 +301,9 @@ def timeline(ep: list[dict[str, Any]]) -> Any | None:
         ax1.set_yticks(range(len(pods)), [esc(p) for p in pods], fontsize=7)
     else:
         ax1.set_yticks([])
-    edges = sorted({(s[0] - t0).total_seconds() for s in spans} | {(s[1] - t0).total_seconds()
-                                                                   for s in spans})
-    rate = [sum(b / d / 1e9 for s, e, _, _, b, d in spans
-                if (s - t0).total_seconds() <= a < (e - t0).total_seconds() and d > 0
-                and not math.isnan(b)) for a in edges]
+    edges, rate = aggregate_rate([((s - t0).total_seconds(), (e - t0).total_seconds(),
+                                   b / d / 1e9 if d > 0 and not math.isnan(b) else 0.0)
+                                  for s, e, _, _, b, d in spans])
     ax2.step(edges, rate, where="post")
     ax2.set_xlabel("time since the first load started (s)")
     ax2.set_ylabel("aggregate GB/s")

@@ -305,7 +305,10 @@ def _derive(df: pd.DataFrame) -> pd.DataFrame:
     df["trial"] = pd.array(df["trial"], dtype="Int64")
     for col in ("started_at", "finished_at", "pod_started_at"):
         df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
-    df["load_end"] = df["started_at"] + pd.to_timedelta(df["total_s"], unit="s", errors="coerce")
+    try:
+        df["load_end"] = df["started_at"] + pd.to_timedelta(df["total_s"], unit="s", errors="coerce")
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):  # past pandas' year 2262
+        df["load_end"] = [_end(s, t) for s, t in zip(df["started_at"], df["total_s"])]
     df["cache_state"] = [cache_state(r, m if isinstance(m, str) else q if isinstance(q, str) else None)
                          for r, m, q in zip(df["resident_before"], df["cache_mode"], df["requested"])]
     df = df.drop(columns=["requested"])
@@ -328,6 +331,13 @@ def _derive(df: pd.DataFrame) -> pd.DataFrame:
         df.loc[part.index, "settings_variant"] = variant
         df.loc[part.index, "row"] = part["label"] + " [" + variant + "]"
     return df.reset_index(drop=True)
+
+
+def _end(start: Any, seconds: float) -> Any:
+    try:
+        return start + pd.Timedelta(seconds=seconds)
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+        return pd.NaT
 
 
 def variant_names(keys: list[str], limit: int = 3) -> dict[str, str]:

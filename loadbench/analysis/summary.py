@@ -51,18 +51,22 @@ Block = tuple  # ("h1"|"h2"|"h3"|"p", text) | ("ul", [text]) | ("table", header,
 # --- formatting: one rule per kind of number, used by every view -----------------------------
 
 def fmt_s(v: Any) -> str:
+    """Seconds to the millisecond, as every table and figure writes them ('-' when missing)."""
     return "-" if _missing(v) else f"{v:.3f}"
 
 
 def fmt_gbps(v: Any) -> str:
+    """GB/s to two decimals, everywhere."""
     return "-" if _missing(v) else f"{v:.2f}"
 
 
 def fmt_pct(v: Any) -> str:
+    """A fraction as a whole percentage, everywhere."""
     return "-" if _missing(v) else f"{v:.0%}"
 
 
 def fmt_ratio(v: Any) -> str:
+    """A ratio (× reference) to two decimals."""
     return "-" if _missing(v) else f"{v:.2f}"
 
 
@@ -91,22 +95,28 @@ class Group:
     resident: float = 0.0
     reference_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    suffix: str = ""          # set by build() when two groups' names would make one slug
 
     @property
     def key(self) -> tuple[str, str, str]:
+        """(model, device, state): what the group is."""
         return self.model, self.device, self.state
 
     @property
     def title(self) -> str:
+        """The group as a heading says it."""
         return f"{self.model} on {self.device}, {self.state}"
 
     @property
     def slug(self) -> str:
+        """A file-name-safe name for the group's figures, unique among the groups of a report."""
         raw = f"{self.model}-{self.device}-{self.state}"
-        return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)[:150]
+        return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "-" for c in raw)[:150] \
+            + self.suffix
 
     @property
     def verified(self) -> int:
+        """Trials of the group whose every tensor matched the manifest."""
         return int((self.trials["status"] == "ok").sum())
 
     def ok(self) -> pd.DataFrame:
@@ -115,6 +125,7 @@ class Group:
         return t[(t["status"] == "ok") & t["total_s"].notna()]
 
     def model_bytes(self) -> float | None:
+        """The checkpoint's bytes, which every GB/s of the group divides."""
         values = self.trials["model_bytes"].dropna()
         return float(values.iloc[0]) if len(values) else None
 
@@ -164,6 +175,11 @@ def build(df: pd.DataFrame) -> list[Group]:
                 if g.bound_name == name:
                     g.bound_gbps = None
         g.rows = _rows(g)
+    seen: dict[str, int] = {}
+    for g in groups:
+        n = seen[g.slug.lower()] = seen.get(g.slug.lower(), 0) + 1
+        if n > 1:
+            g.suffix = f"-{n}"
     return groups
 
 

@@ -347,17 +347,17 @@ def from_logs(api: Any, namespace: str, selector: str, dest: str,
         raise CollectError(f"no pods match {selector!r} in namespace {namespace!r} (finished "
                            "Jobs delete theirs after ttlSecondsAfterFinished: collect from the PVC)")
     for i, pod in enumerate(pods, start=1):
-        name = str(pod.metadata.name or "")
+        name = str(getattr(pod.metadata, "name", None) or "")
         try:
             text, cut = read_log(api, name, namespace)
+            if cut:
+                report.failed.append((f"pod {_short(name)}", f"log longer than {MAX_LOG_BYTES >> 20} "
+                                                             "MiB: read up to there"))
+            n = _log_results(text, name, getattr(pod.metadata, "uid", None) or "", dest, report)
         except Exception as e:  # deleted meanwhile, API error, connection reset: this pod only
             report.failed.append((f"pod {_short(name)}", f"log could not be read: {_why(e)}"))
             progress(f"[{i}/{len(pods)}] {_short(name)}: log could not be read ({_why(e)})")
             continue
-        if cut:
-            report.failed.append((f"pod {_short(name)}", f"log longer than {MAX_LOG_BYTES >> 20} MiB: "
-                                                         "read up to there"))
-        n = _log_results(text, name, pod.metadata.uid or "", dest, report)
         progress(f"[{i}/{len(pods)}] {_short(name)}: {n} result line(s)")
     return report
 

@@ -16,9 +16,9 @@ CUDA_VISIBLE_DEVICES for the nvidia.com/gpu it asks for, as the device
 plugin would, and waits (Pending) while none is free. For a headless Service
 rendezvous (pod `subdomain`), host names `<job>-<i>.<subdomain>` become
 127.0.0.1 and MASTER_PORT a free local port. Exit codes go through the Job's
-podFailurePolicy, backoffLimitPerIndex (or backoffLimit) and
-maxFailedIndexes. Ctrl-C sends SIGTERM to the pods and waits up to their
-terminationGracePeriodSeconds, as the kubelet does.
+podFailurePolicy, backoffLimitPerIndex (or backoffLimit), maxFailedIndexes and
+activeDeadlineSeconds; a failed Job stops its running pods. Ctrl-C sends them
+SIGTERM and waits up to terminationGracePeriodSeconds, as the kubelet does.
 
 Output: each pod's lines as they come, prefixed as `kubectl logs --prefix`
 shows them (LOADBENCH_RESULT lines shortened unless --full-logs), then per
@@ -28,7 +28,8 @@ results (plot_results.py --no-plots).
     python -m loadbench.localjob save-models-job.yaml --pvc loadbench-nvme=./pvc \\
         --set DEVICE=cpu --set MODEL_ID=random/opt-tiny
     python -m loadbench.localjob benchmark-matrix-job.yaml --pvc loadbench-nvme=./pvc \\
-        --set DEVICE=cpu --set MODEL_ID=random/opt-tiny --completions 4 --parallelism 2
+        --set DEVICE=cpu --set MODEL_ID=random/opt-tiny --completions 4 \\
+        --set LIBRARIES=tensorizer,safetensors,huggingface,huggingface-bin
 
 Exit codes: 0 every Job completed; 1 a Job failed; 2 a manifest or argument
 this runner cannot use; 130 interrupted.
@@ -362,7 +363,9 @@ def _pod_spec(job: dict[str, Any], index: int, pod: dict[str, Any], container: d
         mounts = mounts + [(workdir, scratch)]
 
     env = {k: os.environ[k] for k in PASS_THROUGH if k in os.environ}
-    env.update({"PYTHONPATH": str(APP_DIR), "PYTHONUNBUFFERED": "1", "HOSTNAME": pod["name"]})
+    # An Indexed Job's pod is named <job>-<index>-<random> but its host name is <job>-<index>.
+    hostname = f"{job_name}-{index}" if indexed else pod["name"]
+    env.update({"PYTHONPATH": str(APP_DIR), "PYTHONUNBUFFERED": "1", "HOSTNAME": hostname})
     sources = []
     for ref in container.get("envFrom", []):
         if "configMapRef" not in ref:
@@ -532,6 +535,7 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
     budget = spec.get("backoffLimit", 6)  # Job-wide failures, when not per index
     max_failed = spec.get("maxFailedIndexes")
     rules = (spec.get("podFailurePolicy") or {}).get("rules", [])
+    deadline_s = spec.get("activeDeadlineSeconds")
     pool = GPUPool(gpus) if gpus is not None else None
     rendezvous: dict[str, str] = {}
     if pod_spec_.get("subdomain"):
@@ -579,6 +583,8 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
                                     start_new_session=True)
             with lock:
                 running[ps.name] = proc
+            if stop.is_set():  # the Job failed while this pod was starting
+                os.killpg(proc.pid, signal.SIGTERM)
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.rstrip("\n")
@@ -586,7 +592,8 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
                 if line.strip() and not line.startswith(RESULT_PREFIX):
                     run.last_line = line.strip()
                 output(prefix + _shown(line, full_logs))
-            run.exit_code = proc.wait()
+            code = proc.wait()
+            run.exit_code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as the kubelet says
             run.finished = time.time()
             with lock:
                 running.pop(ps.name, None)
@@ -599,6 +606,18 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
                 result.lost.update(p for p, ok in ps.on_volume.items() if not ok and os.path.exists(p))
             cleanup(ps)
 
+    def fail_job(reason: str) -> None:
+        """The Job failed: no new pods, and the running ones are stopped, as the controller does."""
+        with lock:
+            if result.status != "Complete":
+                return
+            result.status, result.reason = "Failed", reason
+            busy = bool(running)
+        stop.set()
+        if busy:
+            log(f"job/{name}: failed ({reason}); SIGTERM to the pods still running")
+            threading.Thread(target=terminate, daemon=True).start()
+
     def run_index(index: int) -> None:
         attempt = ignored = 0
         while not stop.is_set():
@@ -609,16 +628,11 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
                 result.pods.append(run)
                 result.exit_codes.setdefault(index, []).append(run.exit_code)
             code = run.exit_code
-            if code == 0:
+            if code == 0 or stop.is_set():
                 return
             action = failure_action(rules, container, code)
             if action == "FailJob":
-                with lock:
-                    if result.status == "Complete":
-                        result.status = "Failed"
-                        result.reason = (f"PodFailurePolicy: index {index} exited {code}: "
-                                         f"{run.last_line or '(no output)'}")
-                stop.set()
+                fail_job(f"PodFailurePolicy: index {index} exited {code}: {run.last_line or '(no output)'}")
                 return
             if action == "Ignore" and ignored < 10:
                 ignored += 1
@@ -628,11 +642,10 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
             if per_index is None:
                 with lock:
                     failures[0] += 1
-                    if failures[0] > budget:
-                        if result.status == "Complete":
-                            result.status, result.reason = "Failed", "BackoffLimitExceeded"
-                        stop.set()
-                        return
+                    over = failures[0] > budget
+                if over:
+                    fail_job("BackoffLimitExceeded")
+                    return
             elif attempt >= per_index:
                 break
             attempt += 1
@@ -640,10 +653,9 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
             return
         with lock:
             failed_indexes.append(index)
-            if max_failed is not None and len(failed_indexes) > max_failed:
-                if result.status == "Complete":
-                    result.status, result.reason = "Failed", "MaxFailedIndexesExceeded"
-                stop.set()
+            over = max_failed is not None and len(failed_indexes) > max_failed
+        if over:
+            fail_job("MaxFailedIndexesExceeded")
 
     def guarded(index: int) -> None:
         try:
@@ -674,6 +686,8 @@ def run_job(job: dict[str, Any], pvcs: dict[str, str], overrides: dict[str, str]
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
             for f in done:
                 f.result()  # a ManifestError from any pod stops the Job here
+            if deadline_s and time.monotonic() - started > deadline_s:
+                fail_job(f"DeadlineExceeded: activeDeadlineSeconds {deadline_s}")
     except KeyboardInterrupt:
         stop.set()
         log(f"job/{name}: interrupted: SIGTERM to the running pods (grace {grace:.0f} s)")
@@ -700,8 +714,21 @@ def _shown_path(path: str) -> str:
 
 
 def _documents_in(folder: str) -> list[str]:
-    return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
-            if f.endswith(".json") and not f.startswith(".tmp-")]
+    """Result documents under a RUN_ID folder (not its ceilings/ or other JSON files)."""
+    out = []
+    for d, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(d, f)
+            if not f.endswith(".json") or f.startswith(".tmp-"):
+                continue
+            try:
+                with open(path) as fh:
+                    schema = json.load(fh).get("schema", "")
+            except (OSError, ValueError, AttributeError):
+                schema = "loadbench.result?"  # unreadable: shown, for plot_results to judge
+            if str(schema).startswith("loadbench.result"):
+                out.append(path)
+    return out
 
 
 def summary(results_dir: str, log: Callable[[str], None]) -> str:
@@ -795,6 +822,21 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         say(f"no Job{' named ' + args.job if args.job else ''} in {', '.join(args.manifests)}")
         return 2
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM to localjob: stop the pods as Ctrl-C does, not orphan them
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _run_all(jobs, pvcs, overrides, configmaps, args, log, say)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        return _run_all(jobs, pvcs, overrides, configmaps, args, log, say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_all(jobs: list[dict[str, Any]], pvcs: dict[str, str], overrides: dict[str, str],
+             configmaps: dict[str, ConfigMap], args: argparse.Namespace,
+             log: Callable[[str], None], say: Callable[[str], None]) -> int:
     code = 0
     summaries: list[str] = []
     for job in jobs:

@@ -213,6 +213,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Print each result document as one LOADBENCH_RESULT line on stdout. auto: when stdout "
             "is not a terminal (pods, CI, pipes).", "auto, 1, 0"),
     *_option_settings(),
+    Setting("MATRIX", _str, "",
+            "benchmark-matrix-job.yaml: its variants, ';'-separated (tensorizer;tensorizer:"
+            "TZR_NUM_READERS=16;safetensors). Empty: LIBRARIES times their swept option values.",
+            "variants separated by ;"),
+    Setting("MATRIX_SEED", _int(0), "0",
+            "benchmark-matrix-job.yaml: seed of the shuffled order in which completion indexes "
+            "pick variants, so every library meets the same drift.", "integer >= 0"),
     Setting("JOB_NAME", _str, "", "Identity: the Job's name (Downward API label job-name).", "string"),
     Setting("JOB_COMPLETION_INDEX", _int(0), "", "Identity: set by Kubernetes in Indexed Jobs.",
             "integer >= 0"),

@@ -28,7 +28,7 @@ from loadbench.measure import checksums
 from loadbench.schema.manifest import MANIFEST, MANIFEST_SCHEMA
 from loadbench.storage.checkpoint import file_entries, publish, read_manifest, remove_stale, staging
 from loadbench.storage.files import write_json_atomic
-from loadbench.terminal import human_bytes, human_count, text_table
+from loadbench.terminal import FolderWatch, human_bytes, human_count, text_table
 
 HUB_SHARD = 5 << 30  # the Hub's long-standing 5 GB shards (transformers 5 defaults to 50 GB)
 SPACE_MARGIN = 1.05   # headers, config files, the filesystem's own overhead
@@ -154,8 +154,9 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
             tmp = staging(root, fmt)
             try:
                 t0 = time.perf_counter()
-                owner.save(model, tokenizer, tmp, shard)
-                _fsync_folder(tmp)  # the time includes the bytes reaching storage
+                with FolderWatch(tmp, nbytes, f"saving {fmt}", progress):
+                    owner.save(model, tokenizer, tmp, shard)
+                    _fsync_folder(tmp)  # the time includes the bytes reaching storage
                 times.append(time.perf_counter() - t0)
             except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -21,14 +21,10 @@ from loadbench import machine, models
 from loadbench.loaders.context import LoadContext
 from loadbench.measure import checksums
 from loadbench.measure.document import error_info, now
+from loadbench.schema.result import TRIAL_KEYS
 from loadbench.storage import cache, ceilings
 from loadbench.storage.checkpoint import Checkpoint
 
-TRIAL_KEYS = ("status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
-              "ceiling", "ceiling_gbps", "ceiling_fraction", "ceiling_beaten", "peak_rss_bytes",
-              "peak_rss_method", "peak_device_bytes", "tensors_verified", "mismatches", "cache_s",
-              "verify_s", "first_token_s", "tokens_per_s", "tokens_per_s_runs", "inference_s",
-              "output_ids", "library_info", "warnings", "error", "started_at", "finished_at")
 PROMPT = "The quickest way to move a model from storage to a GPU is"
 FALLBACK_IDS = [2, 133, 2119, 169, 7, 517, 10, 1421, 31, 2166, 7, 10, 22858, 16]
 

@@ -57,9 +57,11 @@ SCHEMA = "loadbench.result/2"
 READABLE = ("loadbench.result/1", "loadbench.result/2")
 LOG_PREFIX = "LOADBENCH_RESULT "
 # The keys every trial carries (the producer starts each trial from these).
-TRIAL_KEYS = ("status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s",
-              "gbps", "ceiling_fraction", "peak_rss_bytes", "peak_device_bytes",
-              "tensors_verified", "mismatches", "started_at", "finished_at")
+TRIAL_KEYS = ("status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
+              "ceiling", "ceiling_gbps", "ceiling_fraction", "ceiling_beaten", "peak_rss_bytes",
+              "peak_rss_method", "peak_device_bytes", "tensors_verified", "mismatches", "cache_s",
+              "verify_s", "first_token_s", "tokens_per_s", "tokens_per_s_runs", "inference_s",
+              "output_ids", "library_info", "warnings", "error", "started_at", "finished_at")
 
 MAX_DEPTH = 64            # deeper JSON is refused before any model sees it
 MAX_PROBLEMS = 20         # reasons listed per document; the rest are counted

@@ -200,7 +200,8 @@ def for_node(res_path: str, run_id: str, node: str, paths: list[str], device: to
         except (OSError, ValueError):
             pass
         measured = measure(paths, device, seconds, progress)
-        write_json_atomic(path, {"node": node, "device": str(device), "ceilings": measured,
+        write_json_atomic(path, {"schema": "loadbench.ceilings/1", "node": node, "device": str(device),
+                                 "ceilings": measured,
                                  "measured_by": os.environ.get("POD_NAME") or f"pid {os.getpid()}",
                                  "measured_at": datetime.now(timezone.utc).isoformat()})
         return dict(measured, source="measured", node=node, file=path, lock_wait_s=waited)

@@ -165,10 +165,17 @@ JSON = st.recursive(
     max_leaves=12)
 SECONDS = st.floats(min_value=1e-6, max_value=1e9)
 SMALL = st.none() | st.floats(min_value=0, max_value=1e9)
-WHEN = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
-                    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=14)),
-                                               timezone(timedelta(hours=-12, minutes=-30))]))
+# Mostly close together (overlapping pods, one group), sometimes anywhere in two centuries.
+BASE = datetime(2026, 11, 22, 2, 40, tzinfo=timezone.utc)
+WHEN = st.one_of(
+    st.floats(0, 600).map(lambda s: BASE + timedelta(seconds=s)),
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
+                 timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=14)),
+                                            timezone(timedelta(hours=-12, minutes=-30))])))
 MODE = st.sampled_from(["cold", "warm", "asis"]) | st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
+MODEL_NAME = st.sampled_from(["opt-tiny", "gpt-j-6b"]) | st.from_regex(r"[A-Za-z0-9._-]{1,100}",
+                                                                    fullmatch=True)
+DEVICE_NAME = st.sampled_from(["x86_64", "NVIDIA H200"]) | st.from_regex(r"[ -#%-~]{1,100}", fullmatch=True)
 
 
 @st.composite
@@ -220,7 +227,9 @@ def documents(draw) -> dict:
         "status": status,
         "error": ({"type": draw(ANY_TEXT), "message": draw(ANY_TEXT), "where": draw(st.none() | ANY_TEXT)}
                   if status == "error" else None),
-        "library": draw(LINE), "label": draw(LINE), "run_id": draw(st.none() | LINE),
+        "library": draw(st.sampled_from(["safetensors", "tensorizer", "reference"]) | LINE),
+        "label": draw(st.sampled_from(["safetensors", "tensorizer-numreaders16"]) | LINE),
+        "run_id": draw(st.none() | LINE),
         "io_mode": draw(st.none() | ANY_TEXT),
         "identity": {"pod": draw(st.none() | ANY_TEXT), "node": draw(st.none() | ANY_TEXT),
                      "hostname": draw(st.none() | ANY_TEXT),
@@ -230,10 +239,10 @@ def documents(draw) -> dict:
                      "X": draw(JSON.filter(lambda v: not (isinstance(v, float) and not math.isfinite(v))))},
         "model": draw(st.none() | st.fixed_dictionaries(
             {"bytes": st.integers(1, 2**63 - 1),
-             "name": st.none() | st.from_regex(r"[A-Za-z0-9._-]{1,100}", fullmatch=True)},
+             "name": st.none() | MODEL_NAME},
             optional={"id": ANY_TEXT, "dtype": ANY_TEXT, "params": st.integers(0, 2**40)})),
         "device": draw(st.none() | st.fixed_dictionaries(
-            {"name": st.none() | st.from_regex(r"[ -#%-~]{1,100}", fullmatch=True)},
+            {"name": st.none() | DEVICE_NAME},
             optional={"type": st.sampled_from(["cpu", "cuda"]), "memory_bytes": st.integers(0, 2**50)})),
         "versions": draw(st.dictionaries(ANY_TEXT, st.none() | ANY_TEXT, max_size=3)),
         "ceilings": draw(st.none() | st.fixed_dictionaries(

@@ -62,46 +62,40 @@ def test_save_job_files_the_model_where_the_overridden_model_id_says(pvc):
     assert not (pvc / "models/gpt-j-6b").exists(), "MODEL_PATH is derived, so --set MODEL_ID moves it"
 
 
-def test_cli_shows_each_pod_the_results_folder_and_a_summary(pvc, capsys):
-    sets = [arg for k, v in CPU.items() for arg in ("--set", f"{k}={v}")]
-    code = localjob.main([manifest("benchmark-job.yaml"), "--job", "loadbench-safetensors",
-                          "--pvc", f"{CLAIM}={pvc}", *sets, "--completions", "1"])
+def test_matrix_job_via_the_cli_shows_each_pod_the_results_folder_and_a_summary(pvc, capsys):
+    """Two pods at once (parallelism 2), each running the variant its index picks in the seeded
+    order; the output is each pod's lines as `kubectl logs --prefix` shows them, where the
+    results went (RUN_ID derived from the overridden MODEL_ID), and plot_results' table."""
+    env = {**CPU, "MATRIX": "safetensors;tensorizer:TZR_NUM_READERS=2", "MATRIX_SEED": "7"}
+    sets = [arg for k, v in env.items() for arg in ("--set", f"{k}={v}")]
+    code = localjob.main([manifest("benchmark-matrix-job.yaml"), "--pvc", f"{CLAIM}={pvc}", *sets,
+                          "--completions", "2", "--parallelism", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    lines = out.splitlines()
-    pod_lines = [ln for ln in lines if ln.startswith("[pod/")]
-    assert pod_lines and all(re.match(r"\[pod/loadbench-safetensors-0-[0-9a-f]{5}/benchmark\] ", ln)
+    pod_lines = [ln for ln in out.splitlines() if ln.startswith("[pod/")]
+    assert pod_lines and all(re.match(r"\[pod/loadbench-matrix-[01]-[0-9a-f]{5}/benchmark\] ", ln)
                              for ln in pod_lines)
     shortened = [ln for ln in pod_lines if "LOADBENCH_RESULT" in ln]
-    assert shortened and all("safetensors ok" in ln and len(ln) < 200 for ln in shortened)
+    assert len(shortened) == 2 and all(" ok, " in ln and len(ln) < 200 for ln in shortened)
     assert "ConfigMap loadbench-experiment from experiment.env (kustomization.yaml)" in err
     results = pvc / "results/opt-tiny-cold"
-    assert re.search(rf"results: \S*{re.escape(str(results.relative_to(pvc.parent)))} \(\d+ documents?\)",
-                     err), err
-    assert "job/loadbench-safetensors: Complete" in err
-    summary = out.split(f"summary of {results.relative_to(pvc.parent)}", 1)[1]  # plot_results' table
-    assert re.search(r"^library .* median s", summary, re.M) and re.search(r"^safetensors ", summary, re.M)
-    assert any(d["library"] == "safetensors" and d["status"] == "ok" for d in documents(results))
+    shown = localjob._shown_path(str(results))
+    assert f"results: {shown} (" in err and "job/loadbench-matrix: Complete, 2 pods" in err
+    table = out.split(f"summary of {shown}", 1)[1]  # plot_results' table
+    assert re.search(r"^library .* median s", table, re.M)
+    assert re.search(r"^safetensors ", table, re.M) and re.search(r"^tensorizer-numreaders2 ", table, re.M)
 
-
-def test_matrix_job_runs_its_variants_concurrently_in_the_seeded_order(pvc):
-    job = job_named("benchmark-matrix-job.yaml", "loadbench-matrix")
-    variants = "safetensors;tensorizer:TZR_NUM_READERS=2"
-    env = {**CPU, "MATRIX": variants, "MATRIX_SEED": "7", "RUN_ID": "matrix"}
-    res = localjob.run_job(job, {CLAIM: str(pvc)}, env, completions=2, parallelism=2,
-                           configmaps=configmaps("benchmark-matrix-job.yaml"), **QUIET)
-    assert res.ok and res.exit_codes == {0: [0], 1: [0]}, res
-    (a, b) = res.pods
-    assert max(a.started, b.started) < min(a.finished, b.finished), "parallelism 2: both pods at once"
     planned = {i: str(v) for i, _, v in matrix.plan(env, 2)}
-    got = {d["identity"]["completion_index"]: d for d in documents(pvc / "results/matrix")}
-    assert set(got) == {0, 1}
+    for i, variant in planned.items():
+        assert re.search(rf"\] matrix: index {i} is round 0, {re.escape(variant)} \(2 variants", out)
+    got = {d["identity"]["completion_index"]: d for d in documents(results)
+           if d["identity"]["job"] == "loadbench-matrix"}
     labels = {"safetensors": "safetensors", "tensorizer:TZR_NUM_READERS=2": "tensorizer-numreaders2"}
-    for index, variant in planned.items():
-        assert got[index]["label"] == labels[variant] and got[index]["status"] == "ok"
-        assert got[index]["identity"]["job"] == "loadbench-matrix"
-    assert any(f"matrix: index {i} is round 0, {planned[i]}" in line
-               for p in res.pods for line in p.lines for i in (0, 1))
+    assert {i: d["label"] for i, d in got.items()} == {i: labels[v] for i, v in planned.items()}
+    assert all(d["status"] == "ok" for d in got.values())
+    (a, b) = got.values()
+    assert max(a["started_at"], b["started_at"]) < min(a["finished_at"], b["finished_at"]), \
+        "parallelism 2: both pods at once"
 
 
 GLOO = """
@@ -109,6 +103,7 @@ import os, torch, torch.distributed as dist
 dist.init_process_group("gloo")
 t = torch.tensor([float(dist.get_rank())]); dist.all_reduce(t)
 print("rank", dist.get_rank(), "of", dist.get_world_size(), "at", os.environ["MASTER_ADDR"], "sum", t.item())
+dist.destroy_process_group()  # else gloo may abort at exit (SIGABRT), and the Job fails as one
 """
 
 
@@ -122,6 +117,17 @@ def test_tp_ranks_meet_through_the_headless_service_rewritten_to_this_machine(tm
     said = sorted(line for p in res.pods for line in p.lines if line.startswith("rank"))
     assert said == ["rank 0 of 2 at 127.0.0.1 sum 1.0", "rank 1 of 2 at 127.0.0.1 sum 1.0"]
     assert any("MASTER_PORT=" in m for m in log)
+
+
+def test_a_failed_rank_fails_the_tp_job_and_stops_its_peers(tmp_path):
+    job = stub(job_named("benchmark-tp-multinode.yaml", "loadbench-tp"),
+               "import os, sys, time; print('up', flush=True); "
+               "sys.exit(1) if os.environ['RANK'] == '1' else time.sleep(120)")
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU,
+                           configmaps=configmaps("benchmark-tp-multinode.yaml"), **QUIET)
+    assert res.status == "Failed" and res.reason == "MaxFailedIndexesExceeded"
+    assert res.exit_codes == {1: [1], 0: [143]}, "rank 0 got SIGTERM, rank 1 no second attempt"
+    assert res.seconds < 30
 
 
 def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(pvc):

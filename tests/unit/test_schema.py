@@ -115,11 +115,12 @@ def test_a_complete_v2_document_validates():
 def test_the_producers_document_validates_once_it_has_a_model_and_device():
     from loadbench.measure import document
     doc = document.new_document("safetensors", "safetensors", {}, None, {"RUN_ID": "r1"})
-    assert results.problems(doc) == ["document: an ok document, or one with ok trials, needs model and device"]
+    assert results.problems(doc) == [
+        "document: an ok document, or one with ok trials, needs model and device"]
     doc.update(model={"bytes": 10, "name": "opt-tiny"}, device={"type": "cpu", "name": "x86_64"})
-    trial = {k: None for k in results.TRIAL_KEYS}
-    trial.update(status="ok", total_s=0.5, mismatches=[], started_at=document.now(),
-                 finished_at=document.now())
+    from loadbench.measure.trial import new_trial
+    trial = new_trial("cold")  # the producer's own empty trial
+    trial.update(total_s=0.5, started_at=document.now(), finished_at=document.now())
     doc["trials"].append(trial)
     assert results.problems(doc) == []
     assert results.problems(json.loads(document.log_line(doc)[len(results.LOG_PREFIX):])) == []
