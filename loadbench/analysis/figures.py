@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import textwrap
 from typing import Any
 
@@ -106,8 +107,9 @@ def load_times(g: Group) -> Any | None:
     data = [ok[ok["row"] == r]["total_s"].tolist() for r in rows["row"]]
     fig, ax = plt.subplots(figsize=(9, 1.0 + 0.62 * len(rows) + 0.8))
     import matplotlib
-    flat = ({"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
-            >= (3, 10) else {"vert": False})   # `vert` is deprecated from 3.11 on
+    found = re.match(r"(\d+)\.(\d+)", matplotlib.__version__)
+    newer = bool(found) and (int(found[1]), int(found[2])) >= (3, 10)
+    flat = {"orientation": "horizontal"} if newer else {"vert": False}  # `vert` is deprecated in 3.11
     ax.boxplot(data, showfliers=False, widths=0.55, **flat)
     for i, values in enumerate(data, start=1):
         jitter = [i + (k % 5 - 2) * 0.05 for k in range(len(values))]

@@ -308,7 +308,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     ceilings = {"1": "measure", "measure": "measure", "0": "off", "reuse": "reuse"}[v["CEILINGS"]]
     return Settings(
         model_id=v["MODEL_ID"], model_path=model_path, dtype=dtype, random_seed=v["RANDOM_SEED"],
-        shard_size=shard, tp_size=v["TP_SIZE"], num_trials=v["NUM_TRIALS"], res_path=v["RES_PATH"], run_id=run_id,
+        shard_size=shard, tp_size=v["TP_SIZE"], num_trials=v["NUM_TRIALS"], res_path=v["RES_PATH"],
+        run_id=run_id,
         libraries=libs, device=v["DEVICE"], cache_mode=v["CACHE_MODE"],
         skip_inference=v["SKIP_INFERENCE"], max_new_tokens=v["MAX_NEW_TOKENS"],
         inference_runs=v["INFERENCE_RUNS"], ceilings=ceilings, ceiling_seconds=v["CEILING_SECONDS"],
