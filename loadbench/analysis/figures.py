@@ -46,10 +46,19 @@ def esc(text: Any) -> str:
     return str(text).replace("$", r"\$")
 
 
+def _lines(text: str, width: int, most: int = 2) -> list[str]:
+    """Wrapped onto at most `most` lines; what does not fit ends in '...'."""
+    lines = textwrap.wrap(text, width)
+    if len(lines) > most:
+        lines = lines[:most]
+        lines[-1] = lines[-1][:width - 3] + "..."
+    return lines
+
+
 def _label(r: pd.Series) -> str:
+    """A library's tick label: its row name, then its I/O mode, as the tables name them."""
     mode = r["io_mode"] if isinstance(r["io_mode"], str) else ""
-    lines = textwrap.wrap(str(r["row"]), 34)[:2] + textwrap.wrap(mode, 40)[:2]
-    return esc("\n".join(lines))
+    return esc("\n".join(_lines(str(r["row"]), 34) + _lines(mode, 40)))
 
 
 def _title(g: Group, what: str) -> str:

@@ -57,3 +57,24 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     for path in weight_files(ctx.checkpoint.folder):
         state.update(load_file(path, device=device))
     return assign(model, state, ctx.device)
+
+
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: Any) -> torch.nn.Module:
+    """Tensor parallel: this rank's slices only, through safe_open(...).get_slice."""
+    from safetensors import safe_open
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    device = str(ctx.device)
+    ctx.io_mode = "mmap (page cache), safe_open().get_slice of the rank's slices"
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(ctx.checkpoint.folder):
+        with safe_open(path, framework="pt", device=device) as f:
+            for name in f.keys():
+                index = plan.index(name, f.get_slice(name).get_shape())
+                tensor = f.get_tensor(name) if index is None else f.get_slice(name)[index]
+                tensor = tensor.to(ctx.device)
+                if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+                    # a view of more than the slice: keep only this rank's bytes
+                    tensor = tensor.clone(memory_format=torch.contiguous_format)
+                state[name] = tensor
+    return plan.assign(model, state, ctx.device)

@@ -67,3 +67,39 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     finally:
         deserializer.close()
     return models.finish(model, ctx.device)
+
+
+# --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------
+# As vLLM does with tensorizer: one file per rank, written by save_models.py for the TP size,
+# holding only that rank's slices (split tensors) and the replicated tensors whole.
+
+def tp_file(rank: int, world: int) -> str:
+    return f"rank-{rank}-of-{world}.tensors"
+
+
+def save_tp(state: dict[str, torch.Tensor], folder: str, rank: int, world: int) -> None:
+    from tensorizer import TensorSerializer
+    serializer = TensorSerializer(os.path.join(folder, tp_file(rank, world)))
+    serializer.write_state_dict(state)
+    serializer.close()
+
+
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: Any) -> torch.nn.Module:
+    """This rank's file, deserialized onto its device, assigned into a meta skeleton."""
+    from tensorizer import TensorDeserializer
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
+    if ctx.options.get("num_readers"):
+        kwargs["num_readers"] = ctx.options["num_readers"]
+    path = os.path.join(ctx.checkpoint.folder, tp_file(rank, world))
+    deserializer = TensorDeserializer(path, **kwargs)
+    readers = getattr(deserializer, "_num_readers", None)
+    ctx.info["num_readers"] = readers
+    ctx.info["file"] = os.path.basename(path)
+    ctx.io_mode = f"buffered reads (page cache) of its per-rank file, {readers} reader(s)"
+    try:
+        state = dict(deserializer.items())
+    finally:
+        deserializer.close()
+    return plan.assign(model, state, ctx.device)

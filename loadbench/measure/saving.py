@@ -126,6 +126,7 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
     check_space(root, nbytes * len(formats))
     shard = shard_bytes(cfg.shard_size, nbytes)
     tensors = checksums.state_checksums(models.state(model))  # on the build device: fast
+    tp = _tp_layout(model, cfg.tp_size, progress) if cfg.tp_size > 1 else None
     if device.type != "cpu":
         model = model.to("cpu")  # the writers want host tensors
 
@@ -165,24 +166,68 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
                     raise NoSpace(message) from e
                 raise
             if trial == n - 1:
+                if tp and hasattr(owner, "save_tp"):
+                    tp_s = _save_tp(owner, model, tp, tmp, progress)
                 publish(root, fmt, tmp)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
             progress(f"saved {fmt} ({spec.name}) {trial + 1}/{n} in {times[-1]:.2f} s "
                      f"({nbytes / times[-1] / 1e9:.2f} GB/s)")
         files = file_entries(os.path.join(root, fmt), spec.weight_suffixes)
+        if tp and hasattr(owner, "save_tp"):
+            _mark_rank_files(owner, files, cfg.tp_size)
         entries[fmt] = {"library": spec.name, "version": loaders.version(spec.package),
                         "files": files, "save_s": times,
                         "bytes": sum(f["bytes"] for f in files if f["weights"]),
                         "shard_bytes": shard if spec.shards else None}
+        if tp and hasattr(owner, "save_tp"):
+            entries[fmt]["tp_save_s"] = {str(cfg.tp_size): tp_s}
 
     manifest = {"schema": MANIFEST_SCHEMA, "model": model_info, "formats": entries,
                 "tensors": tensors, "checksum": checksums.ALGORITHM,
                 "versions": machine.versions(), "build_s": build_s,
                 "build_device": str(device), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                          time.gmtime())}
+    if tp:
+        manifest["tp"] = {str(cfg.tp_size): tp["slices"]}
     write_json_atomic(os.path.join(root, MANIFEST), manifest)
     return manifest
+
+
+def _tp_layout(model: torch.nn.Module, world: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """TP_SIZE>1: the architecture's split of every tensor and each rank's slice checksums,
+    computed from the full tensors (on the build device) before any format is written."""
+    from loadbench.measure import tp_plan
+    state = models.state(model)
+    dims = tp_plan.split_dims(model, state)
+    slices = tp_plan.slice_checksums(state, dims, world)
+    progress(f"tensor-parallel layout for TP_SIZE={world}: {len(slices)} of {len(state)} tensors split "
+             f"({sum(1 for d, _ in dims.values() if d == 0)} on dim 0, "
+             f"{sum(1 for d, _ in dims.values() if d == 1)} on dim 1), the rest replicated")
+    return {"world": world, "dims": dims, "slices": slices}
+
+
+def _save_tp(owner: Any, model: torch.nn.Module, tp: dict[str, Any], folder: str,
+             progress: Callable[[str], None]) -> float:
+    """Per-rank files of a format that has them (tensorizer), beside its full file; untimed
+    in save_s, recorded as tp_save_s."""
+    from loadbench.measure import tp_plan
+    state = models.state(model)
+    start = time.perf_counter()
+    for rank in range(tp["world"]):
+        owner.save_tp(tp_plan.rank_state(state, tp["dims"], rank, tp["world"]), folder, rank, tp["world"])
+    _fsync_folder(folder)
+    seconds = time.perf_counter() - start
+    progress(f"saved {tp['world']} per-rank files in {seconds:.2f} s")
+    return seconds
+
+
+def _mark_rank_files(owner: Any, files: list[dict[str, Any]], world: int) -> None:
+    """Per-rank files are not the format's weights (TP_SIZE=1 loads never read them)."""
+    names = {owner.tp_file(rank, world): rank for rank in range(world)}
+    for entry in files:
+        if entry["name"] in names:
+            entry.update(weights=False, tp_size=world, rank=names[entry["name"]])
 
 
 def summary(manifest: dict[str, Any]) -> str:
