@@ -80,7 +80,10 @@ for spec in "$@"; do
   [ "$rounds" = "$spec" ] && rounds=5
   case $phase in
     save) save ;;
-    cold|warm) save; trials "$phase" "$rounds" ;;
+    cold|warm) save
+      # The device budget holds 3 cold rounds (all disk-bound, ~7-9 s each) and 5 warm ones.
+      [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
+      trials "$phase" "$rounds" ;;
     fidelity) save; python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
                 --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack}" \
                 --out "$OUT/fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;

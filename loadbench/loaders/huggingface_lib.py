@@ -24,3 +24,28 @@ def from_pretrained(ctx: LoadContext, **kwargs: object) -> torch.nn.Module:
 
 def load(ctx: LoadContext) -> torch.nn.Module:
     return from_pretrained(ctx, use_safetensors=True)
+
+
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.Module:
+    """Tensor parallel the transformers way: from_pretrained with its "auto" TP plan, each rank
+    loading its shards (DTensor parameters) on the process group loadbench started."""
+    from transformers import AutoModelForCausalLM
+
+    from loadbench.errors import BadInput
+    found = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+    accelerator = found.type if found is not None else "cpu"
+    if accelerator != ctx.device.type:
+        raise BadInput(f"transformers' tensor-parallel loading places each rank on the visible "
+                       f"accelerator ({accelerator}), not on DEVICE={ctx.device}: run with DEVICE="
+                       f"{accelerator}, or hide the accelerator")
+    try:
+        from transformers.distributed import DistributedConfig
+        kwargs: dict[str, object] = {"distributed_config": DistributedConfig(tp_plan="auto", tp_size=world)}
+        ctx.info["api"] = "from_pretrained(distributed_config=DistributedConfig(tp_plan='auto'))"
+    except ImportError:  # older transformers: the plain argument
+        kwargs = {"tp_plan": "auto"}
+        ctx.info["api"] = "from_pretrained(tp_plan='auto')"
+    ctx.io_mode = "mmap (page cache), transformers' own tensor-parallel sharding (tp_plan='auto')"
+    model = AutoModelForCausalLM.from_pretrained(ctx.checkpoint.folder, dtype=ctx.dtype,
+                                                 use_safetensors=True, **kwargs)
+    return model.eval()

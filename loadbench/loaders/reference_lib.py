@@ -158,3 +158,71 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total)
     return assign(model, tensors(dest, entries), ctx.device)
 
+
+
+# --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------
+ALIGN = 256
+
+
+def _rank_sections(entries: list[Entry], sections: list[tuple[str, int, int, int]], plan: object
+                   ) -> tuple[list[tuple[str, int, int, int]], list[tuple[str, torch.dtype, tuple[int, ...], int,
+                                                                            int]], int,
+                              list[tuple[str, int, int, int]], list[tuple[Entry, int]], int]:
+    """Byte ranges this rank reads. A slice on dim 0 (or after leading dims of size 1) is one
+    range of the file; any other split is strided, so the whole tensor is read into a scratch
+    allocation and narrowed on the device."""
+    import bisect
+    bases = [s[2] for s in sections]
+    direct, placed, dtotal = [], [], 0
+    strided, scattered, stotal = [], [], 0
+    for e in entries:
+        path, data_start, base, _ = sections[bisect.bisect_right(bases, e.start) - 1]
+        foff = data_start + (e.start - base)
+        b = plan.bounds(e.name, e.shape)  # type: ignore[attr-defined]
+        dim = plan.dims.get(e.name)  # type: ignore[attr-defined]
+        if b is not None and any(n != 1 for n in e.shape[:dim]):
+            strided.append((path, foff, stotal, e.nbytes))
+            scattered.append((e, stotal))
+            stotal += e.nbytes + (-e.nbytes) % ALIGN
+            continue
+        shape, nbytes = e.shape, e.nbytes
+        if b is not None:
+            inner = e.nbytes // max(1, e.shape[dim]) if e.shape[dim] else 0
+            shape = e.shape[:dim] + (b[1],) + e.shape[dim + 1:]
+            foff, nbytes = foff + b[0] * inner, b[1] * inner
+        direct.append((path, foff, dtotal, nbytes))
+        placed.append((e.name, e.dtype, shape, dtotal, nbytes))
+        dtotal += nbytes + (-nbytes) % ALIGN
+    return direct, placed, dtotal, strided, scattered, stotal
+
+
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.Module:
+    """Tensor parallel: only this rank's byte ranges, through the same reader pipeline."""
+    threads = ctx.options.get("threads") or DEFAULT_THREADS
+    chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
+    buffers = max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    entries, sections, _ = layout(weight_files(ctx.checkpoint.folder))
+    direct, placed, dtotal, strided, scattered, stotal = _rank_sections(entries, sections, plan)
+    state: dict[str, torch.Tensor] = {}
+    if strided:
+        scratch = torch.empty(stotal, dtype=torch.uint8, device=ctx.device)
+        read_into(scratch, [s for s in strided if s[3]], threads, chunk, buffers)
+        for e, off in scattered:
+            whole = scratch[off:off + e.nbytes].view(e.dtype).view(e.shape)
+            state[e.name] = plan.narrow(e.name, whole).contiguous()  # type: ignore[attr-defined]
+        del scratch
+    dest = torch.empty(max(dtotal, 1), dtype=torch.uint8, device=ctx.device)
+    read_into(dest, [s for s in direct if s[3]], threads, chunk, buffers)
+    for name, dtype, shape, off, nbytes in placed:
+        state[name] = dest[off:off + nbytes].view(dtype).view(shape)
+    ring = f", {buffers} pinned buffers" if ctx.device.type == "cuda" else ", straight into memory"
+    extra = sum(e.nbytes for e, _ in scattered)
+    ctx.io_mode = (f"buffered preadv (page cache) of the rank's byte ranges, {threads} threads, "
+                   f"{chunk >> 20} MiB chunks{ring}; strided (rowwise) slices: whole tensor read, then "
+                   f"narrowed on the device")
+    ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=dtotal,
+                    strided_tensors=len(scattered), strided_read_bytes=extra,
+                    bytes_read=sum(s[3] for s in direct) + extra)
+    return plan.assign(model, state, ctx.device)  # type: ignore[attr-defined]

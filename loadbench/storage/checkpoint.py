@@ -84,7 +84,16 @@ def remove_stale(root: str, formats: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def publish(root: str, fmt: str, tmp_folder: str) -> None:
-    """Move a finished format folder into place, replacing an older one."""
+    """Move a finished format folder into place, replacing an older one.
+
+    mkdtemp makes folders 0700 and some writers make files 0600: the published
+    checkpoint is made readable by the group, so a collector or a benchmark pod
+    running as another user of the pod's group can read it."""
+    os.chmod(tmp_folder, 0o750)
+    for name in os.listdir(tmp_folder):
+        path = os.path.join(tmp_folder, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.chmod(path, os.stat(path).st_mode | 0o040)
     final = os.path.join(root, fmt)
     if os.path.exists(final):
         old = tempfile.mkdtemp(dir=root, prefix=f".{fmt}.old-")

@@ -199,3 +199,12 @@ def test_ceilings_are_measured_once_per_node_and_reused(saved_model, tmp_path):
     assert stored["ceilings"]["storage_read"]["spread"]["tries"] >= 2
     reused = next(d for d in docs if d["ceilings"]["source"] == "reused")
     assert reused["ceilings"]["storage_read"]["gbps"] == stored["ceilings"]["storage_read"]["gbps"]
+
+
+def test_the_checkpoint_is_readable_by_the_group(saved_model):
+    for folder in ("tensorizer", "safetensors", "bin", "flashpack"):
+        path = saved_model / folder
+        assert os.stat(path).st_mode & 0o050 == 0o050, folder
+        for f in path.iterdir():
+            assert os.stat(f).st_mode & 0o040, f
+    assert os.stat(saved_model / "manifest.json").st_mode & 0o040
