@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from loadbench import schema
-from loadbench.analysis import frame as fr
-from loadbench.analysis import html as page
-from loadbench.analysis import summary as report
+
+if TYPE_CHECKING:
+    from loadbench.analysis import summary as report
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
 PROGRESS_EVERY = 5.0      # seconds between "still reading" lines
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from loadbench.analysis import frame as fr
+    from loadbench.analysis import html as page
+    from loadbench.analysis import summary as report
     start = time.perf_counter()
     docs, skipped = read(args.results_dir)
     errors = sum(1 for d in docs if d.get("status") == "error")

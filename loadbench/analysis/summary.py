@@ -38,6 +38,8 @@ CSV_COLUMNS = ("model", "device", "cache_mode") + OLD_COLUMNS + NEW_COLUMNS
 TABLE_COLUMNS = ("library", "io mode", "version", "n", "median s", "mean s (Tukey)", "removed", "p5 s",
                  "p95 s", "GB/s", "% of ceiling", "× reference", "first token s",
                  "load + first token s", "tokens/s", "verified", "errors")
+# Shown in summary.md and report.html only when some row has a value (schema 1 has none of them).
+OPTIONAL_COLUMNS = ("io mode", "× reference", "first token s", "load + first token s", "tokens/s")
 CEILING_TEXT = {"storage_read": "storage read", "page_cache_read": "page-cache read",
                 "h2d_pinned": "pinned host-to-device", "h2d_pageable": "pageable host-to-device"}
 STATE_TEXT = {"cold": "cold on this storage", "warm": "warm (checkpoint in the page cache)",
@@ -506,7 +508,10 @@ def blocks(groups: list[Group], skipped: list[tuple[str, str]], title: str = "lo
         if g.reference_s:
             out.append(("p", f"Reference (loadbench's instrument, not a product): {fmt_s(g.reference_s)} s "
                              "median; the × reference column divides by it."))
-        out.append(("table", list(TABLE_COLUMNS), _table_rows(g, TABLE_COLUMNS)))
+        cells = _table_rows(g, TABLE_COLUMNS)
+        keep = [i for i, c in enumerate(TABLE_COLUMNS)
+                if c not in OPTIONAL_COLUMNS or any(row[i] != "-" for row in cells)]
+        out.append(("table", [TABLE_COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in cells]))
         notes = list(g.notes)
         moved = reclassified(g)
         if moved:

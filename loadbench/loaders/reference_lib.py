@@ -164,10 +164,12 @@ def load(ctx: LoadContext) -> torch.nn.Module:
 ALIGN = 256
 
 
-def _rank_sections(entries: list[Entry], sections: list[tuple[str, int, int, int]], plan: object
-                   ) -> tuple[list[tuple[str, int, int, int]], list[tuple[str, torch.dtype, tuple[int, ...], int,
-                                                                            int]], int,
-                              list[tuple[str, int, int, int]], list[tuple[Entry, int]], int]:
+Section = tuple[str, int, int, int]  # (path, file offset, allocation offset, bytes)
+Placed = tuple[str, torch.dtype, tuple[int, ...], int, int]  # (name, dtype, shape, offset, bytes)
+
+
+def _rank_sections(entries: list[Entry], sections: list[Section], plan: object
+                   ) -> tuple[list[Section], list[Placed], int, list[Section], list[tuple[Entry, int]], int]:
     """Byte ranges this rank reads. A slice on dim 0 (or after leading dims of size 1) is one
     range of the file; any other split is strided, so the whole tensor is read into a scratch
     allocation and narrowed on the device."""

@@ -260,7 +260,11 @@ def _main(env: dict[str, str], pod: Pod) -> int:
     docs, code = [], EXIT_OK
     try:
         for lib, options in plan:
-            doc, lib_code = run_library(lib, options, cfg, device, shared, pod)
+            if cfg.tp_size > 1:  # N rank processes, one document (measure/tp.py)
+                from loadbench.measure import tp
+                doc, lib_code = tp.run_library_tp(lib, options, cfg, device, shared, pod)
+            else:
+                doc, lib_code = run_library(lib, options, cfg, device, shared, pod)
             emit(doc)
             docs.append(doc)
             code = max(code, lib_code)

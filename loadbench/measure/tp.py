@@ -1,0 +1,566 @@
+"""Tensor-parallel loads (TP_SIZE=N): N rank processes, one result document.
+
+The pod process starts N ranks the way torchrun would: subprocesses of
+`python -m loadbench.measure.tp JOB` with RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, the rest of the environment
+(NCCL_* included) as it is. Ranks join one process group: NCCL on CUDA (rank
+r on cuda:r), gloo on CPU. Per trial:
+
+    rank 0 brings the page cache into the asked state and measures it
+    barrier; every rank measures the residency of the files it reads
+    barrier -> clock starts on every rank
+    each rank loads ONLY its slices (the library's `load_tp`), synchronizes
+    barrier -> clock stops
+    each rank verifies its slices against the manifest's per-slice checksums
+
+Ranks append one JSON line per event to their own file (ready, trial, error,
+done); the parent reads those files, never a rank's stdout (which goes to the
+pod's stderr as log lines). The parent writes one document per library
+variant: `tp_size`, per-trial `ranks`, and the trial's total_s = the pod's
+time (the slowest rank's barrier to barrier). A trial is ok only when every
+rank verified every tensor.
+
+A rank that crashes or hangs cannot hang the pod: the parent waits with
+deadlines (startup, then each trial), and on a crash, an error record or a
+deadline it stops every rank (SIGTERM, then SIGKILL, by process group: each
+rank leads its own) and writes an error document. Ranks also die with the
+parent (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+
+from loadbench import config, loaders, machine, models
+from loadbench.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    BadInput,
+    CheckpointError,
+    ConfigError,
+    NeedsCUDA,
+    one_line,
+)
+from loadbench.loaders.context import LoadContext
+from loadbench.measure import checksums, document, trial
+from loadbench.measure.document import error_info, fail, now
+from loadbench.measure.tp_plan import RankPlan
+from loadbench.storage import cache, ceilings
+from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
+
+log = trial.log
+STARTUP_TIMEOUT_S = 600.0     # imports, process group, CUDA context, checkpoint checks
+TRIAL_TIMEOUT_BASE_S = 300.0  # + the checkpoint's bytes at a pessimistic 50 MB/s
+TRIAL_TIMEOUT_RATE = 50e6
+STOP_GRACE_S = 5.0
+POLL_S = 0.02
+
+
+class TPNotSupported(BadInput):
+    """The library has no tensor-parallel loader in loadbench."""
+
+
+class RankFailed(RuntimeError):
+    """A rank crashed, reported an error before its trials, or did not answer in time."""
+
+    def __init__(self, message: str, rank: int | None = None, bad_input: bool = False,
+                 error: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.rank, self.bad_input, self.error = rank, bad_input, error
+
+
+# --- the launcher ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank_env(base: dict[str, str], rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun gives a rank on one node; everything else (NCCL_* included) as it is."""
+    env = dict(base)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+               GROUP_RANK="0", ROLE_RANK=str(rank), ROLE_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _stderr_fd() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class RankGroup:
+    """N rank processes and their record files; stopped, whatever happens, by `stop()`."""
+
+    def __init__(self, world: int, folder: str, command: list[str],
+                 environ: dict[str, str] | None = None) -> None:
+        self.world, self.folder, self.command = world, folder, command
+        self.environ = dict(os.environ if environ is None else environ)
+        self.procs: list[subprocess.Popen] = []
+        self.records: list[list[dict[str, Any]]] = [[] for _ in range(world)]
+        self._offsets = [0] * world
+        self.port = 0
+
+    def path(self, rank: int) -> str:
+        return os.path.join(self.folder, f"rank-{rank}.jsonl")
+
+    def start(self) -> None:
+        self.port = free_port()
+        out = _stderr_fd()
+        for rank in range(self.world):
+            self.procs.append(subprocess.Popen(
+                self.command, env=rank_env(self.environ, rank, self.world, self.port),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True))
+
+    def _read(self) -> None:
+        for rank in range(self.world):
+            try:
+                with open(self.path(rank), "rb") as f:
+                    f.seek(self._offsets[rank])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b"\n") + 1  # complete lines only
+            for line in data[:end].splitlines():
+                if line.strip():
+                    self.records[rank].append(json.loads(line))
+            self._offsets[rank] += end
+
+    def wait(self, done: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str) -> None:
+        """Until `done(records of the rank)` holds for every rank; RankFailed on an error
+        record, a rank that exited first, or the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._read()
+            for rank, recs in enumerate(self.records):
+                bad = next((r for r in recs if r.get("kind") == "error"), None)
+                if bad:
+                    e = bad.get("error") or {}
+                    raise RankFailed(f"rank {rank} failed during {bad.get('where') or what}: "
+                                     f"{e.get('type')}: {e.get('message')}", rank,
+                                     bool(bad.get("bad_input")), e)
+            pending = [r for r in range(self.world) if not done(self.records[r])]
+            if not pending:
+                return
+            for rank in pending:
+                code = self.procs[rank].poll()
+                if code is not None:
+                    self._read()  # its last words, if it wrote them before exiting
+                    if done(self.records[rank]) or any(r.get("kind") == "error" for r in self.records[rank]):
+                        break
+                    how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                           else f"exited with code {code}")
+                    raise RankFailed(f"rank {rank} {how} during {what}; the other ranks were stopped", rank)
+            if time.monotonic() > deadline:
+                raise RankFailed(f"rank(s) {', '.join(map(str, pending))} did not finish {what} within "
+                                 f"{timeout:.0f} s (hung?); every rank was stopped", pending[0])
+            time.sleep(POLL_S)
+
+    def finish(self, timeout: float = 10.0) -> list[int | None]:
+        """After the last record: let the ranks exit on their own, then stop what is left."""
+        end = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < end:
+            time.sleep(POLL_S)
+        return self.stop()
+
+    def stop(self) -> list[int | None]:
+        """Stop every rank still running: SIGTERM to its process group, SIGKILL after a grace."""
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
+            alive = [p for p in self.procs if p.poll() is None]
+            for p in alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, sig)  # each rank leads its own group (start_new_session)
+            end = time.monotonic() + grace
+            while alive and time.monotonic() < end:
+                alive = [p for p in alive if p.poll() is None]
+                time.sleep(POLL_S)
+            if not alive:
+                break
+        return [p.poll() for p in self.procs]
+
+
+# --- the parent: one document per library variant -------------------------------------------
+
+def rank_files(ckpt: Checkpoint, world: int) -> list[str]:
+    """Per-rank files saved for this TP size (tensorizer), by rank; [] when the format has none."""
+    entries = [e for e in ckpt.manifest["formats"][ckpt.format]["files"] if e.get("tp_size") == world]
+    return [os.path.join(ckpt.folder, e["name"]) for e in sorted(entries, key=lambda e: e["rank"])]
+
+
+def trial_timeout(model_bytes: int) -> float:
+    return TRIAL_TIMEOUT_BASE_S + model_bytes / TRIAL_TIMEOUT_RATE
+
+
+def _rank_ok(index: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda recs: any(r.get("kind") == "trial" and r.get("index") == index for r in recs)
+
+
+def _has(kind: str) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda recs: any(r.get("kind") == kind for r in recs)
+
+
+def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device,
+                   shared: dict[str, Any], pod: Any, command: list[str] | None = None
+                   ) -> tuple[dict[str, Any], int]:
+    """run.run_library for TP_SIZE>1: the same document, written from N ranks' records."""
+    from loadbench.measure import run
+    world = cfg.tp_size
+    label = config.label(lib, options)
+    doc = document.new_document(lib, label, options, cfg)
+    doc["tp_size"] = world
+    doc["settings"]["DEVICE_RESOLVED"] = str(device)
+    spec = loaders.get(lib)
+    own: list[dict[str, Any]] = []
+    t = time.perf_counter()
+    done, code = 0, EXIT_OK
+    group: RankGroup | None = None
+    folder = tempfile.mkdtemp(prefix="loadbench-tp-")
+    try:
+        mod = loaders.require(lib)
+        doc["versions"] = machine.versions()
+        doc["device"] = machine.device_info(device)
+        if spec.needs_cuda and device.type != "cuda":
+            raise NeedsCUDA(f"library {lib!r} needs CUDA: it loads only onto CUDA devices, and "
+                            f"DEVICE={cfg.device} resolved to {device}; run it on a GPU node or drop "
+                            f"it from LIBRARIES")
+        if not hasattr(mod, "load_tp"):
+            raise TPNotSupported(f"library {lib!r}: tensor-parallel loading (TP_SIZE={world}) is not "
+                                 f"supported for this library in loadbench yet; use TP_SIZE=1 for it, "
+                                 f"or drop it from LIBRARIES")
+        if device.type == "cuda" and torch.cuda.device_count() < world:
+            raise ConfigError(f"TP_SIZE={world} needs {world} GPUs (one per rank), "
+                              f"{torch.cuda.device_count()} visible: request nvidia.com/gpu: {world}")
+        ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
+        RankPlan.from_manifest(ckpt.manifest, 0, world)  # the layout exists, or exit 2 now
+        per_rank = rank_files(ckpt, world)
+        if hasattr(mod, "tp_file") and len(per_rank) != world:
+            raise CheckpointError(f"{ckpt.folder} has no per-rank {spec.format} files for TP_SIZE="
+                                  f"{world}: run save_models.py with TP_SIZE={world} and {lib} in LIBRARIES")
+        files = per_rank if hasattr(mod, "tp_file") else ckpt.weight_files
+        doc["model"] = dict(ckpt.manifest["model"], format=spec.format,
+                            file_bytes=sum(os.path.getsize(p) for p in files), files=len(files))
+        before = time.perf_counter()
+        doc["ceilings"] = run.node_ceilings(cfg, ckpt.weight_files, device, shared)
+        if doc["ceilings"] is not None and "ceilings_s" not in shared:
+            shared["ceilings_s"] = time.perf_counter() - before
+            own.append({"name": "ceilings", "seconds": shared["ceilings_s"]})
+        if not cfg.skip_inference:
+            doc["warnings"].append(f"inference is not run with TP_SIZE={world}: the ranks load and "
+                                   f"verify their slices only")
+        timeout = trial_timeout(ckpt.manifest["model"]["bytes"])
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        job = {"library": lib, "options": options, "model_path": cfg.model_path, "format": spec.format,
+               "model_id": cfg.model_id, "dtype": cfg.dtype, "device": device.type,
+               "cache_mode": cfg.cache_mode, "num_trials": cfg.num_trials, "folder": folder,
+               "cache_files": files, "rank_files": per_rank or None, "timeout_s": timeout,
+               "parent_pid": os.getpid()}
+        job_path = os.path.join(folder, "job.json")
+        with open(job_path, "w") as f:
+            json.dump(job, f)
+        group = RankGroup(world, folder, command or [sys.executable, "-m", "loadbench.measure.tp", job_path])
+        group.start()
+        doc["tp"] = {"backend": backend, "launcher": "subprocesses, torchrun's variables",
+                     "master_port": group.port, "trial_timeout_s": timeout,
+                     "devices": [f"cuda:{r}" if device.type == "cuda" else "cpu" for r in range(world)]}
+        log(f"{label}: TP_SIZE={world}, {backend}, ranks started (pids "
+            f"{', '.join(str(p.pid) for p in group.procs)})")
+        group.wait(_has("ready"), STARTUP_TIMEOUT_S, "startup")
+        own.append({"name": "prepare and rank startup", "seconds": time.perf_counter() - t
+                    - sum(p["seconds"] for p in own)})
+        t = time.perf_counter()
+        model_bytes = ckpt.manifest["model"]["bytes"]
+        for i in range(cfg.num_trials):
+            group.wait(_rank_ok(i), timeout, f"trial {i + 1}")
+            recs = [next(r for r in group.records[k] if r.get("kind") == "trial" and r["index"] == i)
+                    for k in range(world)]
+            one = combine(recs, cfg.cache_mode, model_bytes, doc["ceilings"])
+            one["library_info"] = dict(one.get("library_info") or {}, trial_timeout_s=timeout)
+            doc["trials"].append(one)
+            done = i + 1
+            doc["io_mode"] = recs[0].get("io_mode") or doc["io_mode"]
+            doc["warnings"].extend(w for w in one.get("warnings") or [] if w not in doc["warnings"])
+            log(trial.line(label, i, cfg.num_trials, one) + f" (pod: slowest of {world} ranks)")
+            bad_input = one.pop("bad_input", False)
+            if one["status"] != "ok":
+                code = max(code, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
+            if bad_input:  # no later trial can do better
+                break
+        else:
+            group.wait(_has("done"), 60.0, "shutdown")
+            doc["tp"]["exit_codes"] = group.finish()
+        own.append({"name": "trials", "seconds": time.perf_counter() - t})
+        if code:
+            bad = [x for x in doc["trials"] if x["status"] != "ok"]
+            doc["status"] = "error"
+            doc["error"] = {"type": "TrialFailed", "where": "trials",
+                            "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
+                                       f"first: {trial.problem(bad[0])}"}
+    except run.Terminated as e:
+        if group:
+            group.stop()
+        fail(doc, e, f"trial {done + 1}")
+        doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {cfg.num_trials}; "
+                                   f"{done} trial(s) done are kept; the {world} ranks were stopped")
+        doc["finished_at"] = now()
+        doc["pod"] = pod.record(own)
+        raise run._Finished(doc, 128 + e.signum) from None
+    except RankFailed as e:
+        doc["status"] = "error"
+        where = "startup" if not group or not all(_has("ready")(r) for r in group.records) \
+            else f"trial {done + 1}"
+        doc["error"] = {"type": "RankFailed", "where": where, "message": str(e)}
+        if e.error:
+            doc["error"]["rank_error"] = e.error
+        if group and where.startswith("trial") and len(doc["trials"]) == done:
+            doc["trials"].append(_failed_trial(cfg.cache_mode, e))
+        log(f"{label}: {e}")
+        code = EXIT_BAD_INPUT if e.bad_input else EXIT_FAILED
+    except BadInput as e:
+        fail(doc, e, trial.where(e))
+        log(f"{label}: {one_line(e)}")
+        code = EXIT_BAD_INPUT
+    except Exception as e:
+        fail(doc, e, trial.where(e))
+        log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
+        code = EXIT_FAILED
+    finally:
+        if group:
+            group.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    doc["finished_at"] = now()
+    doc["pod"] = pod.record(own)
+    return doc, code
+
+
+def _failed_trial(mode: str, e: RankFailed) -> dict[str, Any]:
+    one = trial.new_trial(mode)
+    one.update(status="error", finished_at=now(),
+               error={"type": "RankFailed", "message": str(e), "where": f"rank {e.rank}"})
+    return one
+
+
+RANK_KEYS = ("rank", "status", "device", "resident_before", "skeleton_s", "weights_s", "total_s",
+             "barrier_s", "verify_s", "bytes", "gbps", "tensors_verified", "mismatches", "peak_rss_bytes",
+             "peak_device_bytes", "cache_s", "error", "started_at", "finished_at")
+
+
+def combine(recs: list[dict[str, Any]], mode: str, model_bytes: int,
+            measured: dict[str, Any] | None) -> dict[str, Any]:
+    """One trial of the pod from its ranks' records: the pod's time is the slowest rank's."""
+    one = trial.new_trial(mode)
+    first = recs[0]
+    one["ranks"] = [{k: r.get(k) for k in RANK_KEYS} for r in recs]
+    one.update(resident_before=first.get("resident_all"), cache_s=first.get("cache_s"),
+               warnings=list(first.get("warnings") or []), library_info=first.get("library_info"),
+               started_at=min(r["started_at"] for r in recs if r.get("started_at")) if any(
+                   r.get("started_at") for r in recs) else None,
+               finished_at=max(r["finished_at"] for r in recs if r.get("finished_at")) if any(
+                   r.get("finished_at") for r in recs) else now())
+    errors = [r for r in recs if r["status"] == "error"]
+    if errors:
+        e = errors[0]["error"] or {}
+        one.update(status="error", bad_input=all(r.get("bad_input") for r in errors),
+                   error={"type": e.get("type"), "where": f"rank {errors[0]['rank']}: {e.get('where')}",
+                          "message": f"rank {errors[0]['rank']}: {e.get('message')}"
+                                     + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")})
+        return one
+    total = max(r["barrier_s"] for r in recs)
+    skeleton = max((r["skeleton_s"] for r in recs if r.get("skeleton_s") is not None), default=None)
+    device_peaks = [r["peak_device_bytes"] for r in recs if r.get("peak_device_bytes") is not None]
+    rss = [r["peak_rss_bytes"] for r in recs if r.get("peak_rss_bytes") is not None]
+    mismatches = [dict(m, rank=r["rank"], problem=f"rank {r['rank']}: {m['problem']}")
+                  for r in recs for m in r.get("mismatches") or []]
+    one.update(total_s=total, skeleton_s=skeleton, weights_s=total - (skeleton or 0.0),
+               gbps=model_bytes / total / 1e9, verify_s=max(r.get("verify_s") or 0.0 for r in recs),
+               peak_rss_bytes=sum(rss) if rss else None,
+               peak_rss_method=f"sum over {len(recs)} ranks: {first.get('peak_rss_method')}",
+               peak_device_bytes=max(device_peaks) if device_peaks else None,
+               tensors_verified=sum(r.get("tensors_verified") or 0 for r in recs), mismatches=mismatches)
+    # Only the read is a shared limit; a host-to-device copy ceiling is per GPU.
+    read = ceilings.limits_for(one["resident_before"] or 0.0)[0]
+    limit = ((measured or {}).get(read) or {}).get("gbps")
+    if limit:
+        fraction = one["gbps"] / limit
+        one.update(ceiling=read, ceiling_gbps=limit, ceiling_fraction=fraction,
+                   ceiling_beaten=fraction > 1 + ceilings.BEATEN_MARGIN)
+    if mismatches:
+        one["status"] = "mismatch"
+    return one
+
+
+# --- the rank -------------------------------------------------------------------------------
+
+class Records:
+    """A rank's record file: one JSON object a line, appended and flushed at once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, **record: Any) -> None:
+        line = (json.dumps(record, allow_nan=False, default=str) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """A rank must not outlive the pod process that started it."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if parent and os.getppid() != parent:
+        os._exit(1)  # the parent already died before the line above
+
+
+class Rank:
+    """One rank's process group, checkpoint and plan, kept across trials."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        import torch.distributed as dist
+        self.dist = dist
+        self.job = job
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        self.local = int(os.environ.get("LOCAL_RANK", self.rank))
+        cuda = job["device"] == "cuda"
+        self.device = torch.device("cuda", self.local) if cuda else torch.device("cpu")
+        machine.init_device(self.device)
+        dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank, world_size=self.world,
+                                timeout=timedelta(seconds=job["timeout_s"] + 60),
+                                **({"device_id": self.device} if cuda else {}))
+        self.mod = loaders.require(job["library"])
+        self.ckpt = open_checkpoint(job["model_path"], job["format"], job["model_id"], job["dtype"])
+        self.plan = RankPlan.from_manifest(self.ckpt.manifest, self.rank, self.world)
+        self.dtype = models.DTYPES[job["dtype"]]
+        self.options = job["options"]
+        self.files = job["cache_files"]
+        self.own = [job["rank_files"][self.rank]] if job.get("rank_files") else self.files
+        # Import the architecture's modeling code untimed, as a TP_SIZE=1 run does.
+        models.skeleton(LoadContext(self.ckpt, self.device, self.dtype, self.options).config, self.dtype)
+
+    def barrier(self) -> None:
+        if self.device.type == "cuda":
+            self.dist.barrier(device_ids=[self.local])
+        else:
+            self.dist.barrier()
+
+    def trial(self, mode: str) -> dict[str, Any]:
+        trial.release(self.device)
+        rec: dict[str, Any] = {"rank": self.rank, "device": str(self.device), "status": "ok",
+                               "mismatches": [], "tensors_verified": 0, "warnings": []}
+        if self.rank == 0:
+            t0 = time.perf_counter()
+            rec["resident_all"] = cache.prepare(mode, self.files)
+            rec["cache_s"] = time.perf_counter() - t0
+            warning = cache.check(mode, rec["resident_all"])
+            if warning:
+                log("WARNING: " + warning)
+                rec["warnings"].append(warning)
+        self.barrier()
+        rec["resident_before"] = cache.residency(self.own)
+        ctx = LoadContext(self.ckpt, self.device, self.dtype, self.options)
+        model, failure = None, None
+        self.barrier()
+        rec["started_at"] = now()
+        with machine.PeakRSS() as rss:
+            start = time.perf_counter()
+            try:
+                model = self.mod.load_tp(ctx, self.rank, self.world, self.plan)
+                models.synchronize(self.device)
+            except Exception as e:
+                failure = e
+            loaded = time.perf_counter()
+            self.barrier()
+            end = time.perf_counter()
+        rec.update(io_mode=ctx.io_mode, library_info=ctx.info, barrier_s=end - start)
+        if failure is not None:
+            rec.update(status="error", error=error_info(failure, trial.where(failure)),
+                       bad_input=isinstance(failure, BadInput), finished_at=now())
+            log(f"rank {self.rank}: load failed: {one_line(failure)}")
+            return rec
+        skeleton_at = ctx.marks.get("skeleton")
+        rec.update(total_s=loaded - start, skeleton_s=(skeleton_at - start) if skeleton_at else None,
+                   weights_s=loaded - (skeleton_at or start), peak_rss_bytes=rss.peak,
+                   peak_rss_method=rss.method,
+                   peak_device_bytes=torch.cuda.max_memory_allocated(self.device)
+                   if self.device.type == "cuda" else None)
+        try:
+            state = {k: (v.to_local() if hasattr(v, "to_local") else v)  # transformers' DTensors
+                     for k, v in models.state(model).items()}
+            rec["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
+            rec["gbps"] = rec["bytes"] / rec["total_s"] / 1e9 if rec["total_s"] > 0 else None
+            t0 = time.perf_counter()
+            verified, mismatches = checksums.verify(state, self.plan.expected, self.device)
+            rec.update(verify_s=time.perf_counter() - t0, tensors_verified=verified, mismatches=mismatches)
+            if mismatches:
+                rec["status"] = "mismatch"
+                log(f"rank {self.rank}: {len(mismatches)} slice(s) differ from the manifest, first: "
+                    f"{mismatches[0]['tensor']}: {mismatches[0]['problem']}")
+            del state
+        except Exception as e:
+            rec.update(status="error", error=error_info(e, trial.where(e)))
+        rec["finished_at"] = now()
+        del model
+        trial.release(self.device)
+        return rec
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.barrier()
+            self.dist.destroy_process_group()
+
+
+def worker_main(argv: list[str]) -> int:
+    """`python -m loadbench.measure.tp JOB`: one rank, from setup to its last trial."""
+    with open(argv[0]) as f:
+        job = json.load(f)
+    _die_with_parent(job.get("parent_pid"))
+    rank = int(os.environ["RANK"])
+    out = Records(os.path.join(job["folder"], f"rank-{rank}.jsonl"))
+    try:
+        me = Rank(job)
+        out.write(kind="ready", rank=rank, device=str(me.device), pid=os.getpid())
+    except BaseException as e:
+        out.write(kind="error", where="setup", rank=rank, error=error_info(e, trial.where(e)),
+                  bad_input=isinstance(e, BadInput))
+        log(f"rank {rank}: setup failed: {one_line(e)}")
+        return EXIT_BAD_INPUT if isinstance(e, BadInput) else EXIT_FAILED
+    for i in range(job["num_trials"]):
+        try:
+            rec = me.trial(job["cache_mode"])
+        except BaseException as e:  # outside the load (cache, a barrier): the pod stops the ranks
+            out.write(kind="error", where=f"trial {i + 1}", rank=rank, error=error_info(e, trial.where(e)),
+                      bad_input=isinstance(e, BadInput))
+            log(f"rank {rank}: trial {i + 1} failed: {one_line(e)}")
+            return EXIT_FAILED
+        out.write(kind="trial", index=i, **rec)
+    me.close()
+    out.write(kind="done", rank=rank)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
