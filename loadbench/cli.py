@@ -29,8 +29,8 @@ EXIT_CODES = """exit codes:
   4    a result document could not be written (its LOADBENCH_RESULT line is still on stdout)
   130  interrupted (SIGINT), 143 terminated (SIGTERM): an error document says during which trial"""
 
-SAVE_VARS = ("MODEL_ID", "MODEL_PATH", "DTYPE", "USE_FP16", "RANDOM_SEED", "SHARD_SIZE", "NUM_TRIALS",
-             "LIBRARIES", "SKIP_TZR", "SKIP_ST", "SKIP_HF", "DEVICE")
+SAVE_VARS = ("MODEL_ID", "MODEL_PATH", "DTYPE", "USE_FP16", "RANDOM_SEED", "SHARD_SIZE", "TP_SIZE",
+             "NUM_TRIALS", "LIBRARIES", "SKIP_TZR", "SKIP_ST", "SKIP_HF", "DEVICE")
 
 
 def _env_help(names: tuple[str, ...] | None) -> str:

@@ -1,10 +1,13 @@
-"""Tensor-parallel loads (TP_SIZE=N): N rank processes, one result document.
+"""Tensor-parallel loads (TP_SIZE=N): N rank processes, one result document per library variant.
 
 The pod process starts N ranks the way torchrun would: subprocesses of
-`python -m loadbench.measure.tp JOB` with RANK, LOCAL_RANK, WORLD_SIZE,
+`python -m loadbench.measure.tp FOLDER` with RANK, LOCAL_RANK, WORLD_SIZE,
 MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, the rest of the environment
 (NCCL_* included) as it is. Ranks join one process group: NCCL on CUDA (rank
-r on cuda:r), gloo on CPU. Per trial:
+r on cuda:r), gloo on CPU. As the TP_SIZE=1 pod is one process for every
+library, the ranks are started once per pod and run one job per library
+variant (imports, CUDA context and process group are not paid per library).
+Per trial of a job:
 
     rank 0 brings the page cache into the asked state and measures it
     barrier; every rank measures the residency of the files it reads
@@ -13,22 +16,23 @@ r on cuda:r), gloo on CPU. Per trial:
     barrier -> clock stops
     each rank verifies its slices against the manifest's per-slice checksums
 
-Ranks append one JSON line per event to their own file (ready, trial, error,
-done); the parent reads those files, never a rank's stdout (which goes to the
-pod's stderr as log lines). The parent writes one document per library
-variant: `tp_size`, per-trial `ranks`, and the trial's total_s = the pod's
-time (the slowest rank's barrier to barrier). A trial is ok only when every
-rank verified every tensor.
+The parent hands a job over as FOLDER/job-<k>.json; ranks append one JSON line
+per event to FOLDER/rank-<r>.jsonl (up, ready, trial, done, error) and the
+parent reads those, never a rank's stdout (which goes to the pod's stderr as
+log lines). A job's setup is agreed by all ranks (an all-reduce) before its
+trials, so a setup error on one rank (a missing file, say) is an error
+document while the ranks stay in step for the next job.
 
 A rank that crashes or hangs cannot hang the pod: the parent waits with
-deadlines (startup, then each trial), and on a crash, an error record or a
-deadline it stops every rank (SIGTERM, then SIGKILL, by process group: each
-rank leads its own) and writes an error document. Ranks also die with the
-parent (PR_SET_PDEATHSIG).
+deadlines (startup, job setup, each trial) and on a crash or a deadline stops
+every rank (SIGTERM, then SIGKILL, by process group: each rank leads its own)
+and writes an error document; a later variant starts fresh ranks. Ranks also
+die with the parent (PR_SET_PDEATHSIG) and leave when it exits (FOLDER/stop).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -61,13 +65,16 @@ from loadbench.measure.document import error_info, fail, now
 from loadbench.measure.tp_plan import RankPlan
 from loadbench.storage import cache, ceilings
 from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
+from loadbench.storage.files import write_json_atomic
 
 log = trial.log
-STARTUP_TIMEOUT_S = 600.0     # imports, process group, CUDA context, checkpoint checks
+STARTUP_TIMEOUT_S = 600.0     # imports, process group, CUDA context; a job's checkpoint checks
 TRIAL_TIMEOUT_BASE_S = 300.0  # + the checkpoint's bytes at a pessimistic 50 MB/s
 TRIAL_TIMEOUT_RATE = 50e6
 STOP_GRACE_S = 5.0
 POLL_S = 0.02
+
+Records = list[dict[str, Any]]
 
 
 class TPNotSupported(BadInput):
@@ -75,12 +82,13 @@ class TPNotSupported(BadInput):
 
 
 class RankFailed(RuntimeError):
-    """A rank crashed, reported an error before its trials, or did not answer in time."""
+    """A rank crashed, reported an error, or did not answer in time. `fatal`: the ranks are
+    out of step (or gone) and must be stopped; otherwise they wait for the next job."""
 
     def __init__(self, message: str, rank: int | None = None, bad_input: bool = False,
-                 error: dict[str, Any] | None = None) -> None:
+                 error: dict[str, Any] | None = None, fatal: bool = True) -> None:
         super().__init__(message)
-        self.rank, self.bad_input, self.error = rank, bad_input, error
+        self.rank, self.bad_input, self.error, self.fatal = rank, bad_input, error, fatal
 
 
 # --- the launcher ---------------------------------------------------------------------------
@@ -110,6 +118,10 @@ def _stderr_fd() -> int | None:
         return None
 
 
+def _is_error(rec: dict[str, Any]) -> bool:
+    return rec.get("kind") == "error"
+
+
 class RankGroup:
     """N rank processes and their record files; stopped, whatever happens, by `stop()`."""
 
@@ -118,7 +130,7 @@ class RankGroup:
         self.world, self.folder, self.command = world, folder, command
         self.environ = dict(os.environ if environ is None else environ)
         self.procs: list[subprocess.Popen] = []
-        self.records: list[list[dict[str, Any]]] = [[] for _ in range(world)]
+        self.records: list[Records] = [[] for _ in range(world)]
         self._offsets = [0] * world
         self.port = 0
 
@@ -147,27 +159,28 @@ class RankGroup:
                     self.records[rank].append(json.loads(line))
             self._offsets[rank] += end
 
-    def wait(self, done: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str) -> None:
-        """Until `done(records of the rank)` holds for every rank; RankFailed on an error
-        record, a rank that exited first, or the deadline."""
+    def wait(self, done: Callable[[Records], bool], timeout: float, what: str,
+             failed: Callable[[dict[str, Any]], bool] = _is_error) -> None:
+        """Until `done(records of the rank)` holds for every rank. RankFailed on a record that
+        `failed` picks, on a rank that exited first, or at the deadline."""
         deadline = time.monotonic() + timeout
         while True:
             self._read()
             for rank, recs in enumerate(self.records):
-                bad = next((r for r in recs if r.get("kind") == "error"), None)
+                bad = next((r for r in recs if failed(r)), None)
                 if bad:
                     e = bad.get("error") or {}
                     raise RankFailed(f"rank {rank} failed during {bad.get('where') or what}: "
                                      f"{e.get('type')}: {e.get('message')}", rank,
-                                     bool(bad.get("bad_input")), e)
+                                     bool(bad.get("bad_input")), e, bool(bad.get("fatal", True)))
             pending = [r for r in range(self.world) if not done(self.records[r])]
             if not pending:
                 return
             for rank in pending:
-                code = self.procs[rank].poll()
+                code = self.procs[rank].poll() if rank < len(self.procs) else None
                 if code is not None:
                     self._read()  # its last words, if it wrote them before exiting
-                    if done(self.records[rank]) or any(r.get("kind") == "error" for r in self.records[rank]):
+                    if done(self.records[rank]) or any(failed(r) for r in self.records[rank]):
                         break
                     how = (f"was killed by {signal.Signals(-code).name}" if code < 0
                            else f"exited with code {code}")
@@ -178,7 +191,7 @@ class RankGroup:
             time.sleep(POLL_S)
 
     def finish(self, timeout: float = 10.0) -> list[int | None]:
-        """After the last record: let the ranks exit on their own, then stop what is left."""
+        """Let the ranks exit on their own, then stop what is left."""
         end = time.monotonic() + timeout
         while any(p.poll() is None for p in self.procs) and time.monotonic() < end:
             time.sleep(POLL_S)
@@ -186,18 +199,59 @@ class RankGroup:
 
     def stop(self) -> list[int | None]:
         """Stop every rank still running: SIGTERM to its process group, SIGKILL after a grace."""
-        for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             alive = [p for p in self.procs if p.poll() is None]
             for p in alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, sig)  # each rank leads its own group (start_new_session)
-            end = time.monotonic() + grace
+            end = time.monotonic() + STOP_GRACE_S
             while alive and time.monotonic() < end:
                 alive = [p for p in alive if p.poll() is None]
                 time.sleep(POLL_S)
             if not alive:
                 break
         return [p.poll() for p in self.procs]
+
+
+class Pool:
+    """The pod's N ranks: started by the first TP variant, given one job per variant."""
+
+    def __init__(self, world: int, device_type: str, timeout_s: float,
+                 command: list[str] | None = None) -> None:
+        self.folder = tempfile.mkdtemp(prefix="loadbench-tp-")
+        write_json_atomic(os.path.join(self.folder, "pool.json"),
+                          {"device": device_type, "timeout_s": timeout_s, "parent_pid": os.getpid()})
+        program = command or [sys.executable, "-m", "loadbench.measure.tp"]
+        self.group = RankGroup(world, self.folder, [*program, self.folder])
+        self.jobs = 0
+        self.closed = False
+
+    def start(self) -> None:
+        self.group.start()
+        self.group.wait(_has("up"), STARTUP_TIMEOUT_S, "rank startup")
+
+    def submit(self, job: dict[str, Any]) -> int:
+        k = self.jobs
+        write_json_atomic(os.path.join(self.folder, f"job-{k}.json"), job)
+        self.jobs += 1
+        return k
+
+    def close(self) -> list[int | None]:
+        """The ranks leave in order (process group destroyed), else are stopped."""
+        if self.closed:
+            return [p.poll() for p in self.group.procs]
+        self.closed = True
+        with contextlib.suppress(OSError):
+            open(os.path.join(self.folder, "stop"), "w").close()
+        codes = self.group.finish()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return codes
+
+    def kill(self) -> list[int | None]:
+        self.closed = True
+        codes = self.group.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return codes
 
 
 # --- the parent: one document per library variant -------------------------------------------
@@ -212,12 +266,33 @@ def trial_timeout(model_bytes: int) -> float:
     return TRIAL_TIMEOUT_BASE_S + model_bytes / TRIAL_TIMEOUT_RATE
 
 
-def _rank_ok(index: int) -> Callable[[list[dict[str, Any]]], bool]:
-    return lambda recs: any(r.get("kind") == "trial" and r.get("index") == index for r in recs)
+def _has(kind: str, job: int | None = None, index: int | None = None) -> Callable[[Records], bool]:
+    return lambda recs: any(r.get("kind") == kind and (job is None or r.get("job") == job)
+                            and (index is None or r.get("index") == index) for r in recs)
 
 
-def _has(kind: str) -> Callable[[list[dict[str, Any]]], bool]:
-    return lambda recs: any(r.get("kind") == kind for r in recs)
+def _job_failed(job: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r.get("kind") == "error" and (r.get("job") == job or r.get("fatal", True))
+
+
+def _pool(shared: dict[str, Any], world: int, device: torch.device, timeout: float,
+          command: list[str] | None, own: list[dict[str, Any]]) -> Pool:
+    pool = shared.get("tp_pool")
+    if pool is not None and not pool.closed:
+        return pool
+    start = time.perf_counter()
+    pool = Pool(world, device.type, timeout, command)
+    shared["tp_pool"] = pool
+    atexit.register(pool.close)
+    try:
+        pool.start()
+    except BaseException:
+        pool.kill()
+        raise
+    log(f"TP_SIZE={world}: {world} ranks up in {time.perf_counter() - start:.1f} s (pids "
+        f"{', '.join(str(p.pid) for p in pool.group.procs)})")
+    own.append({"name": "rank startup", "seconds": time.perf_counter() - start})
+    return pool
 
 
 def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device,
@@ -233,9 +308,8 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
     spec = loaders.get(lib)
     own: list[dict[str, Any]] = []
     t = time.perf_counter()
-    done, code = 0, EXIT_OK
-    group: RankGroup | None = None
-    folder = tempfile.mkdtemp(prefix="loadbench-tp-")
+    done, code, stage = 0, EXIT_OK, "prepare"
+    pool: Pool | None = None
     try:
         mod = loaders.require(lib)
         doc["versions"] = machine.versions()
@@ -269,46 +343,39 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
             doc["warnings"].append(f"inference is not run with TP_SIZE={world}: the ranks load and "
                                    f"verify their slices only")
         timeout = trial_timeout(ckpt.manifest["model"]["bytes"])
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        job = {"library": lib, "options": options, "model_path": cfg.model_path, "format": spec.format,
-               "model_id": cfg.model_id, "dtype": cfg.dtype, "device": device.type,
-               "cache_mode": cfg.cache_mode, "num_trials": cfg.num_trials, "folder": folder,
-               "cache_files": files, "rank_files": per_rank or None, "timeout_s": timeout,
-               "parent_pid": os.getpid()}
-        job_path = os.path.join(folder, "job.json")
-        with open(job_path, "w") as f:
-            json.dump(job, f)
-        group = RankGroup(world, folder, command or [sys.executable, "-m", "loadbench.measure.tp", job_path])
-        group.start()
-        doc["tp"] = {"backend": backend, "launcher": "subprocesses, torchrun's variables",
-                     "master_port": group.port, "trial_timeout_s": timeout,
+        stage = "rank startup"
+        pool = _pool(shared, world, device, timeout, command, own)
+        stage = "setup"
+        job = pool.submit({"library": lib, "options": options, "model_path": cfg.model_path,
+                           "format": spec.format, "model_id": cfg.model_id, "dtype": cfg.dtype,
+                           "cache_mode": cfg.cache_mode, "num_trials": cfg.num_trials,
+                           "cache_files": files, "rank_files": per_rank or None})
+        group = pool.group
+        doc["tp"] = {"backend": "nccl" if device.type == "cuda" else "gloo",
+                     "launcher": "subprocesses with torchrun's variables, one set per pod",
+                     "pids": [p.pid for p in group.procs], "job": job, "master_port": group.port,
+                     "trial_timeout_s": timeout,
                      "devices": [f"cuda:{r}" if device.type == "cuda" else "cpu" for r in range(world)]}
-        log(f"{label}: TP_SIZE={world}, {backend}, ranks started (pids "
-            f"{', '.join(str(p.pid) for p in group.procs)})")
-        group.wait(_has("ready"), STARTUP_TIMEOUT_S, "startup")
-        own.append({"name": "prepare and rank startup", "seconds": time.perf_counter() - t
-                    - sum(p["seconds"] for p in own)})
+        group.wait(_has("ready", job), STARTUP_TIMEOUT_S, "setup", _job_failed(job))
+        own.append({"name": "prepare", "seconds": time.perf_counter() - t - sum(p["seconds"] for p in own)})
         t = time.perf_counter()
         model_bytes = ckpt.manifest["model"]["bytes"]
         for i in range(cfg.num_trials):
-            group.wait(_rank_ok(i), timeout, f"trial {i + 1}")
-            recs = [next(r for r in group.records[k] if r.get("kind") == "trial" and r["index"] == i)
-                    for k in range(world)]
+            stage = f"trial {i + 1}"
+            group.wait(_has("trial", job, i), timeout, f"trial {i + 1}", _job_failed(job))
+            recs = [next(r for r in group.records[k] if _has("trial", job, i)([r])) for k in range(world)]
             one = combine(recs, cfg.cache_mode, model_bytes, doc["ceilings"])
             one["library_info"] = dict(one.get("library_info") or {}, trial_timeout_s=timeout)
+            bad_input = one.pop("bad_input", False)
             doc["trials"].append(one)
             done = i + 1
             doc["io_mode"] = recs[0].get("io_mode") or doc["io_mode"]
             doc["warnings"].extend(w for w in one.get("warnings") or [] if w not in doc["warnings"])
             log(trial.line(label, i, cfg.num_trials, one) + f" (pod: slowest of {world} ranks)")
-            bad_input = one.pop("bad_input", False)
             if one["status"] != "ok":
                 code = max(code, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
-            if bad_input:  # no later trial can do better
-                break
-        else:
-            group.wait(_has("done"), 60.0, "shutdown")
-            doc["tp"]["exit_codes"] = group.finish()
+        stage = "the end of the job"
+        group.wait(_has("done", job), 60.0, stage, _job_failed(job))
         own.append({"name": "trials", "seconds": time.perf_counter() - t})
         if code:
             bad = [x for x in doc["trials"] if x["status"] != "ok"]
@@ -317,8 +384,8 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
                             "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
                                        f"first: {trial.problem(bad[0])}"}
     except run.Terminated as e:
-        if group:
-            group.stop()
+        if pool:
+            pool.kill()
         fail(doc, e, f"trial {done + 1}")
         doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {cfg.num_trials}; "
                                    f"{done} trial(s) done are kept; the {world} ranks were stopped")
@@ -326,13 +393,13 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
         doc["pod"] = pod.record(own)
         raise run._Finished(doc, 128 + e.signum) from None
     except RankFailed as e:
+        if e.fatal and pool:
+            pool.kill()
         doc["status"] = "error"
-        where = "startup" if not group or not all(_has("ready")(r) for r in group.records) \
-            else f"trial {done + 1}"
-        doc["error"] = {"type": "RankFailed", "where": where, "message": str(e)}
+        doc["error"] = {"type": "RankFailed", "where": stage, "message": str(e)}
         if e.error:
             doc["error"]["rank_error"] = e.error
-        if group and where.startswith("trial") and len(doc["trials"]) == done:
+        if stage.startswith("trial"):
             doc["trials"].append(_failed_trial(cfg.cache_mode, e))
         log(f"{label}: {e}")
         code = EXIT_BAD_INPUT if e.bad_input else EXIT_FAILED
@@ -340,14 +407,14 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
         fail(doc, e, trial.where(e))
         log(f"{label}: {one_line(e)}")
         code = EXIT_BAD_INPUT
-    except Exception as e:
+    except BaseException as e:
+        if pool:
+            pool.kill()  # out of step with the ranks: start afresh for the next variant
+        if not isinstance(e, Exception):
+            raise
         fail(doc, e, trial.where(e))
         log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
         code = EXIT_FAILED
-    finally:
-        if group:
-            group.stop()
-        shutil.rmtree(folder, ignore_errors=True)
     doc["finished_at"] = now()
     doc["pod"] = pod.record(own)
     return doc, code
@@ -365,25 +432,23 @@ RANK_KEYS = ("rank", "status", "device", "resident_before", "skeleton_s", "weigh
              "peak_device_bytes", "cache_s", "error", "started_at", "finished_at")
 
 
-def combine(recs: list[dict[str, Any]], mode: str, model_bytes: int,
-            measured: dict[str, Any] | None) -> dict[str, Any]:
+def combine(recs: Records, mode: str, model_bytes: int, measured: dict[str, Any] | None) -> dict[str, Any]:
     """One trial of the pod from its ranks' records: the pod's time is the slowest rank's."""
     one = trial.new_trial(mode)
     first = recs[0]
-    one["ranks"] = [{k: r.get(k) for k in RANK_KEYS} for r in recs]
-    one.update(resident_before=first.get("resident_all"), cache_s=first.get("cache_s"),
+    starts = [r["started_at"] for r in recs if r.get("started_at")]
+    ends = [r["finished_at"] for r in recs if r.get("finished_at")]
+    one.update(ranks=[{k: r.get(k) for k in RANK_KEYS} for r in recs],
+               resident_before=first.get("resident_all"), cache_s=first.get("cache_s"),
                warnings=list(first.get("warnings") or []), library_info=first.get("library_info"),
-               started_at=min(r["started_at"] for r in recs if r.get("started_at")) if any(
-                   r.get("started_at") for r in recs) else None,
-               finished_at=max(r["finished_at"] for r in recs if r.get("finished_at")) if any(
-                   r.get("finished_at") for r in recs) else now())
+               started_at=min(starts) if starts else None, finished_at=max(ends) if ends else now())
     errors = [r for r in recs if r["status"] == "error"]
     if errors:
         e = errors[0]["error"] or {}
+        more = f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else ""
         one.update(status="error", bad_input=all(r.get("bad_input") for r in errors),
                    error={"type": e.get("type"), "where": f"rank {errors[0]['rank']}: {e.get('where')}",
-                          "message": f"rank {errors[0]['rank']}: {e.get('message')}"
-                                     + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")})
+                          "message": f"rank {errors[0]['rank']}: {e.get('message')}{more}"})
         return one
     total = max(r["barrier_s"] for r in recs)
     skeleton = max((r["skeleton_s"] for r in recs if r.get("skeleton_s") is not None), default=None)
@@ -397,7 +462,7 @@ def combine(recs: list[dict[str, Any]], mode: str, model_bytes: int,
                peak_rss_method=f"sum over {len(recs)} ranks: {first.get('peak_rss_method')}",
                peak_device_bytes=max(device_peaks) if device_peaks else None,
                tensors_verified=sum(r.get("tensors_verified") or 0 for r in recs), mismatches=mismatches)
-    # Only the read is a shared limit; a host-to-device copy ceiling is per GPU.
+    # Only the read is a limit the ranks share; a host-to-device copy ceiling is per GPU.
     read = ceilings.limits_for(one["resident_before"] or 0.0)[0]
     limit = ((measured or {}).get(read) or {}).get("gbps")
     if limit:
@@ -411,8 +476,8 @@ def combine(recs: list[dict[str, Any]], mode: str, model_bytes: int,
 
 # --- the rank -------------------------------------------------------------------------------
 
-class Records:
-    """A rank's record file: one JSON object a line, appended and flushed at once."""
+class RecordFile:
+    """A rank's record file: one JSON object a line, appended at once."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -433,24 +498,26 @@ def _die_with_parent(parent: int | None) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if parent and os.getppid() != parent:
-        os._exit(1)  # the parent already died before the line above
+        os._exit(1)  # the parent died before the line above
 
 
 class Rank:
-    """One rank's process group, checkpoint and plan, kept across trials."""
+    """One rank: its device and process group for the pod, a checkpoint and plan per job."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, pool: dict[str, Any]) -> None:
         import torch.distributed as dist
         self.dist = dist
-        self.job = job
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.local = int(os.environ.get("LOCAL_RANK", self.rank))
-        cuda = job["device"] == "cuda"
+        cuda = pool["device"] == "cuda"
         self.device = torch.device("cuda", self.local) if cuda else torch.device("cpu")
         machine.init_device(self.device)
         dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank, world_size=self.world,
-                                timeout=timedelta(seconds=job["timeout_s"] + 60),
+                                timeout=timedelta(seconds=pool["timeout_s"] + 60),
                                 **({"device_id": self.device} if cuda else {}))
+        self.barrier()
+
+    def setup(self, job: dict[str, Any]) -> None:
         self.mod = loaders.require(job["library"])
         self.ckpt = open_checkpoint(job["model_path"], job["format"], job["model_id"], job["dtype"])
         self.plan = RankPlan.from_manifest(self.ckpt.manifest, self.rank, self.world)
@@ -458,8 +525,16 @@ class Rank:
         self.options = job["options"]
         self.files = job["cache_files"]
         self.own = [job["rank_files"][self.rank]] if job.get("rank_files") else self.files
+        for path in self.own:
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{path} is missing; run save_models.py again")
         # Import the architecture's modeling code untimed, as a TP_SIZE=1 run does.
         models.skeleton(LoadContext(self.ckpt, self.device, self.dtype, self.options).config, self.dtype)
+
+    def all_ok(self, ok: bool) -> bool:
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def barrier(self) -> None:
         if self.device.type == "cuda":
@@ -533,32 +608,65 @@ class Rank:
             self.dist.destroy_process_group()
 
 
+def next_job(folder: str, k: int) -> dict[str, Any] | None:
+    """Job k when the parent hands it over; None when the pod is done."""
+    path, stop = os.path.join(folder, f"job-{k}.json"), os.path.join(folder, "stop")
+    while True:
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        if os.path.exists(stop) or not os.path.isdir(folder):
+            return None
+        time.sleep(POLL_S)
+
+
 def worker_main(argv: list[str]) -> int:
-    """`python -m loadbench.measure.tp JOB`: one rank, from setup to its last trial."""
-    with open(argv[0]) as f:
-        job = json.load(f)
-    _die_with_parent(job.get("parent_pid"))
+    """`python -m loadbench.measure.tp FOLDER`: one rank, from startup to the pod's last job."""
+    folder = argv[0]
+    with open(os.path.join(folder, "pool.json")) as f:
+        pool = json.load(f)
+    _die_with_parent(pool.get("parent_pid"))
     rank = int(os.environ["RANK"])
-    out = Records(os.path.join(job["folder"], f"rank-{rank}.jsonl"))
+    out = RecordFile(os.path.join(folder, f"rank-{rank}.jsonl"))
     try:
-        me = Rank(job)
-        out.write(kind="ready", rank=rank, device=str(me.device), pid=os.getpid())
+        me = Rank(pool)
+        out.write(kind="up", rank=rank, device=str(me.device), pid=os.getpid())
     except BaseException as e:
-        out.write(kind="error", where="setup", rank=rank, error=error_info(e, trial.where(e)),
+        out.write(kind="error", where="rank startup", rank=rank, error=error_info(e, trial.where(e)),
                   bad_input=isinstance(e, BadInput))
-        log(f"rank {rank}: setup failed: {one_line(e)}")
+        log(f"rank {rank}: startup failed: {one_line(e)}")
         return EXIT_BAD_INPUT if isinstance(e, BadInput) else EXIT_FAILED
-    for i in range(job["num_trials"]):
+    k = 0
+    while (job := next_job(folder, k)) is not None:
+        where = "setup"
         try:
-            rec = me.trial(job["cache_mode"])
-        except BaseException as e:  # outside the load (cache, a barrier): the pod stops the ranks
-            out.write(kind="error", where=f"trial {i + 1}", rank=rank, error=error_info(e, trial.where(e)),
-                      bad_input=isinstance(e, BadInput))
-            log(f"rank {rank}: trial {i + 1} failed: {one_line(e)}")
+            problem = None
+            try:
+                me.setup(job)
+            except Exception as e:
+                problem = e
+            if not me.all_ok(problem is None):  # every rank agrees, so all stay in step
+                if problem is not None:
+                    out.write(kind="error", job=k, where="setup", rank=rank, fatal=False,
+                              error=error_info(problem, trial.where(problem)),
+                              bad_input=isinstance(problem, BadInput))
+                    log(f"rank {rank}: setup of {job['library']} failed: {one_line(problem)}")
+                else:
+                    out.write(kind="skipped", job=k, rank=rank)
+                k += 1
+                continue
+            out.write(kind="ready", job=k, rank=rank)
+            for i in range(job["num_trials"]):
+                where = f"trial {i + 1}"
+                out.write(kind="trial", job=k, index=i, **me.trial(job["cache_mode"]))
+            out.write(kind="done", job=k, rank=rank)
+        except BaseException as e:  # outside a load (cache, a barrier): the pod stops the ranks
+            out.write(kind="error", job=k, where=where, rank=rank, error=error_info(e, trial.where(e)),
+                      bad_input=isinstance(e, BadInput), fatal=True)
+            log(f"rank {rank}: {where} failed: {one_line(e)}")
             return EXIT_FAILED
-        out.write(kind="trial", index=i, **rec)
+        k += 1
     me.close()
-    out.write(kind="done", rank=rank)
     return EXIT_OK
 
 

@@ -58,12 +58,6 @@ def model_plan(model: torch.nn.Module) -> dict[str, str]:
     return out
 
 
-def plan_for_config(config: Any, dtype: torch.dtype = torch.float16) -> dict[str, str]:
-    """The plan of an architecture, from a meta-device skeleton (no weights)."""
-    from loadbench import models
-    return model_plan(models.skeleton(config, dtype))
-
-
 def style_of(name: str, plan: Mapping[str, str]) -> str | None:
     """transformers' matching: the parameter's own entry, else its module's."""
     generic = _wildcard(name)
@@ -200,10 +194,6 @@ class RankPlan:
         b = self.bounds(name, tuple(tensor.shape))
         return tensor if b is None else tensor.narrow(self.dims[name], b[0], b[1])  # type: ignore[arg-type]
 
-    def local_bytes(self) -> int:
-        return sum(int(torch.Size(e["shape"]).numel()) * _itemsize(e["dtype"])
-                   for e in self.expected.values())
-
     def assign(self, model: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device
                ) -> torch.nn.Module:
         """Put this rank's tensors into a meta skeleton as they are (sliced shapes included)."""
@@ -225,7 +215,3 @@ class RankPlan:
         if unknown:
             raise RuntimeError(f"checkpoint has tensors the model lacks: {unknown[:3]}")
         return models.finish(model, device)
-
-
-def _itemsize(dtype: str) -> int:
-    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
