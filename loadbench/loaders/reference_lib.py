@@ -144,10 +144,15 @@ def tensors(dest: torch.Tensor, entries: list[Entry]) -> dict[str, torch.Tensor]
     return {e.name: dest[e.start:e.start + e.nbytes].view(e.dtype).view(e.shape) for e in entries}
 
 
-def load(ctx: LoadContext) -> torch.nn.Module:
+def _shape(ctx: LoadContext) -> tuple[int, int, int]:
+    """(threads, chunk bytes, ring buffers) from the options; the ring has a buffer per thread."""
     threads = ctx.options.get("threads") or DEFAULT_THREADS
     chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
-    buffers = max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    return threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+
+
+def load(ctx: LoadContext) -> torch.nn.Module:
+    threads, chunk, buffers = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     entries, sections, total = layout(weight_files(ctx.checkpoint.folder))
@@ -200,9 +205,7 @@ def _rank_sections(entries: list[Entry], sections: list[Section], plan: object
 
 def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.Module:
     """Tensor parallel: only this rank's byte ranges, through the same reader pipeline."""
-    threads = ctx.options.get("threads") or DEFAULT_THREADS
-    chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
-    buffers = max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    threads, chunk, buffers = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     entries, sections, _ = layout(weight_files(ctx.checkpoint.folder))

@@ -92,23 +92,35 @@ def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device,
     return shared["ceilings"]
 
 
+def library_document(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device
+                     ) -> dict[str, Any]:
+    """A new document for one library variant (never raises: failures go into it)."""
+    doc = document.new_document(lib, config.label(lib, options), options, cfg)
+    doc["settings"]["DEVICE_RESOLVED"] = str(device)
+    return doc
+
+
+def require(lib: str, cfg: config.Settings, device: torch.device, doc: dict[str, Any]) -> Any:
+    """The library's module, imported, with versions and device recorded; bad input raises."""
+    mod = loaders.require(lib)
+    doc["versions"] = machine.versions()
+    doc["device"] = machine.device_info(device)
+    if loaders.get(lib).needs_cuda and device.type != "cuda":
+        raise NeedsCUDA(f"library {lib!r} needs CUDA: it loads only onto CUDA devices, and "
+                        f"DEVICE={cfg.device} resolved to {device}; run it on a GPU node or drop "
+                        f"it from LIBRARIES")
+    return mod
+
+
 def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device,
                 shared: dict[str, Any], pod: Pod) -> tuple[dict[str, Any], int]:
-    label = config.label(lib, options)
-    doc = document.new_document(lib, label, options, cfg)
-    doc["settings"]["DEVICE_RESOLVED"] = str(device)
-    spec = loaders.get(lib)
+    doc = library_document(lib, options, cfg, device)
+    label, spec = doc["label"], loaders.get(lib)
     own: list[dict[str, Any]] = []
     t = time.perf_counter()
     done = 0
     try:
-        mod = loaders.require(lib)
-        doc["versions"] = machine.versions()
-        doc["device"] = machine.device_info(device)
-        if spec.needs_cuda and device.type != "cuda":
-            raise NeedsCUDA(f"library {lib!r} needs CUDA: it loads only onto CUDA devices, and "
-                            f"DEVICE={cfg.device} resolved to {device}; run it on a GPU node or drop "
-                            f"it from LIBRARIES")
+        mod = require(lib, cfg, device, doc)
         ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
         doc["model"] = dict(ckpt.manifest["model"], format=spec.format, file_bytes=ckpt.bytes,
                             files=len(ckpt.files))

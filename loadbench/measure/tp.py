@@ -56,11 +56,10 @@ from loadbench.errors import (
     BadInput,
     CheckpointError,
     ConfigError,
-    NeedsCUDA,
     one_line,
 )
 from loadbench.loaders.context import LoadContext
-from loadbench.measure import checksums, document, trial
+from loadbench.measure import checksums, trial
 from loadbench.measure.document import error_info, fail, now
 from loadbench.measure.tp_plan import RankPlan
 from loadbench.storage import cache, ceilings
@@ -301,23 +300,15 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
     """run.run_library for TP_SIZE>1: the same document, written from N ranks' records."""
     from loadbench.measure import run
     world = cfg.tp_size
-    label = config.label(lib, options)
-    doc = document.new_document(lib, label, options, cfg)
+    doc = run.library_document(lib, options, cfg, device)
     doc["tp_size"] = world
-    doc["settings"]["DEVICE_RESOLVED"] = str(device)
-    spec = loaders.get(lib)
+    label, spec = doc["label"], loaders.get(lib)
     own: list[dict[str, Any]] = []
     t = time.perf_counter()
     done, code, stage = 0, EXIT_OK, "prepare"
     pool: Pool | None = None
     try:
-        mod = loaders.require(lib)
-        doc["versions"] = machine.versions()
-        doc["device"] = machine.device_info(device)
-        if spec.needs_cuda and device.type != "cuda":
-            raise NeedsCUDA(f"library {lib!r} needs CUDA: it loads only onto CUDA devices, and "
-                            f"DEVICE={cfg.device} resolved to {device}; run it on a GPU node or drop "
-                            f"it from LIBRARIES")
+        mod = run.require(lib, cfg, device, doc)
         if not hasattr(mod, "load_tp"):
             raise TPNotSupported(f"library {lib!r}: tensor-parallel loading (TP_SIZE={world}) is not "
                                  f"supported for this library in loadbench yet; use TP_SIZE=1 for it, "
