@@ -20,7 +20,9 @@ OWN_VARS = ("MODEL_", "RES_", "NUM_", "SKIP_", "LIBRARIES", "CACHE_", "DTYPE", "
 def clean_env(env: dict[str, str]) -> dict[str, str]:
     """This process's environment without loadbench's variables, plus `env`."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARS)}
-    full.update({"PYTHONPATH": str(ROOT), "DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "CEILINGS": "0"})
+    # ROOT first, and whatever the caller's PYTHONPATH holds after it (a GPU machine's carried wheels).
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    full.update({"PYTHONPATH": path, "DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "CEILINGS": "0"})
     full.update(env)
     return full
 

@@ -17,11 +17,15 @@ from hypothesis import strategies as st
 
 from loadbench import schema
 from loadbench.schema import manifest as manifests
+from loadbench.schema import other_kind
 from loadbench.schema import result as results
 from loadbench.schema.__main__ import FILES, render
 from tests.conftest import ROOT
 
-PUBLISHED = sorted((ROOT / "docs" / "results").glob("*/raw/**/*.json"))
+# Result documents only: a run's node ceilings files (raw/<run>/ceilings/) are another kind.
+PUBLISHED = sorted(p for p in (ROOT / "docs" / "results").glob("*/raw/**/*.json")
+                   if other_kind(json.loads(p.read_text())) is None)
+CEILING_FILES = sorted(p for p in (ROOT / "docs" / "results").glob("*/raw/**/*.json") if p not in PUBLISHED)
 MANIFESTS = sorted((ROOT / "docs" / "results").glob("*/manifest.json"))
 SCHEMA_DIR = ROOT / "docs" / "schema"
 
@@ -67,7 +71,8 @@ def v2_document() -> dict:
 # --- published documents and the exported files --------------------------------------------
 
 def test_every_published_document_validates():
-    assert len(PUBLISHED) >= 70 and MANIFESTS
+    assert len(PUBLISHED) >= 160 and MANIFESTS and CEILING_FILES
+    assert all(p.parent.name == "ceilings" for p in CEILING_FILES)
     for path in PUBLISHED:
         assert results.problems(json.loads(path.read_text())) == [], path
     for path in MANIFESTS:
@@ -259,7 +264,8 @@ def test_manifest_problems():
 # --- reading a folder of anything -----------------------------------------------------------
 
 def test_read_many_reads_v1_tuning_as_options_and_skips_what_is_not_a_document(tmp_path):
-    v1 = json.loads(PUBLISHED[-1].read_text())
+    v1 = next(d for d in (json.loads(p.read_text()) for p in PUBLISHED)
+              if d["schema"] == "loadbench.result/1" and d["tuning"])
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "v1.json").write_text(json.dumps(v1))
     (tmp_path / "a" / "v2.json").write_text(json.dumps(v2_document()))
