@@ -153,18 +153,9 @@ def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device:
         if beaten and doc["ceilings"] is not None:
             doc["ceilings"]["unreliable"] = beaten
         if code:
-            bad = [x for x in doc["trials"] if x["status"] != "ok"]
-            doc["status"] = "error"
-            doc["error"] = {"type": "TrialFailed", "where": "trials",
-                            "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
-                                       f"first: {trial.problem(bad[0])}"}
+            trials_failed(doc)
     except Terminated as e:
-        fail(doc, e, f"trial {done + 1}")
-        doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {cfg.num_trials}; "
-                                   f"{done} trial(s) done are kept")
-        doc["finished_at"] = now()
-        doc["pod"] = pod.record(own)
-        raise _Finished(doc, 128 + e.signum) from None
+        raise terminated(doc, e, done, cfg.num_trials, pod, own) from None
     except BadInput as e:
         fail(doc, e, trial.where(e))
         log(f"{label}: {one_line(e)}")
@@ -176,6 +167,26 @@ def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device:
     doc["finished_at"] = now()
     doc["pod"] = pod.record(own)
     return doc, code
+
+
+def trials_failed(doc: dict[str, Any]) -> None:
+    """Mark a document whose trials did not all verify, naming the first problem."""
+    bad = [x for x in doc["trials"] if x["status"] != "ok"]
+    doc["status"] = "error"
+    doc["error"] = {"type": "TrialFailed", "where": "trials",
+                    "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
+                               f"first: {trial.problem(bad[0])}"}
+
+
+def terminated(doc: dict[str, Any], e: Terminated, done: int, total: int, pod: Pod,
+               own: list[dict[str, Any]], extra: str = "") -> _Finished:
+    """The error document of a library cut short by a signal, ready to be emitted."""
+    fail(doc, e, f"trial {done + 1}")
+    doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {total}; "
+                               f"{done} trial(s) done are kept{extra}")
+    doc["finished_at"] = now()
+    doc["pod"] = pod.record(own)
+    return _Finished(doc, 128 + e.signum)
 
 
 class _Finished(BaseException):

@@ -369,20 +369,12 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
         group.wait(_has("done", job), 60.0, stage, _job_failed(job))
         own.append({"name": "trials", "seconds": time.perf_counter() - t})
         if code:
-            bad = [x for x in doc["trials"] if x["status"] != "ok"]
-            doc["status"] = "error"
-            doc["error"] = {"type": "TrialFailed", "where": "trials",
-                            "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
-                                       f"first: {trial.problem(bad[0])}"}
+            run.trials_failed(doc)
     except run.Terminated as e:
         if pool:
             pool.kill()
-        fail(doc, e, f"trial {done + 1}")
-        doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {cfg.num_trials}; "
-                                   f"{done} trial(s) done are kept; the {world} ranks were stopped")
-        doc["finished_at"] = now()
-        doc["pod"] = pod.record(own)
-        raise run._Finished(doc, 128 + e.signum) from None
+        raise run.terminated(doc, e, done, cfg.num_trials, pod, own,
+                             f"; the {world} ranks were stopped") from None
     except RankFailed as e:
         if e.fatal and pool:
             pool.kill()
