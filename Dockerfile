@@ -1,8 +1,8 @@
 # One image for both jobs (save_models.py and deserialize_benchmark.py).
 # The base is pinned by exact tag. For reproducible builds pin it by digest too:
-#   docker buildx imagetools inspect pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
-# then write FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime@sha256:<digest>.
-FROM pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
+#   docker buildx imagetools inspect pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+# then write FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime@sha256:<digest>.
+FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -10,8 +10,8 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# torch comes with the base image; every range in requirements.txt accepts it,
-# so pip installs nothing CUDA-sized on top.
+# torch comes with the base image; every range in requirements.txt accepts it (instanttensor
+# needs torch >= 2.8, hence this base), so pip installs nothing CUDA-sized on top.
 COPY requirements.txt requirements-peers.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -r requirements-peers.txt
 
