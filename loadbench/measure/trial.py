@@ -104,7 +104,7 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
     release(device)
     trial = new_trial(mode)
     t0 = time.perf_counter()
-    resident = cache.prepare(mode, ckpt.weight_files)
+    resident = cache.prepare(mode, ckpt.weight_files, log)
     trial["cache_s"] = time.perf_counter() - t0
     trial["resident_before"] = resident
     warning = cache.check(mode, resident)

@@ -12,7 +12,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 COLD_LIMIT = 0.05  # a "cold" trial with more resident than this is flagged
 READ_CHUNK = 16 << 20
@@ -76,8 +76,17 @@ def evict(paths: Iterable[str]) -> None:
             os.close(fd)
 
 
-def warm(paths: Iterable[str]) -> int:
-    """Read the files fully so that every page is resident; returns bytes read."""
+PROGRESS_BYTES = 2 << 30  # warming more than this shows progress
+
+
+def warm(paths: Iterable[str], log: Callable[[str], None] | None = None) -> int:
+    """Read the files fully so that every page is resident; returns bytes read.
+
+    On a 60 GB checkpoint this takes minutes: with `log`, it shows progress."""
+    from loadbench.terminal import Progress
+    paths = list(paths)
+    size = sum(os.path.getsize(p) for p in paths)
+    progress = Progress("warming the page cache", size, log) if log and size > PROGRESS_BYTES else None
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
     total = 0
@@ -85,15 +94,19 @@ def warm(paths: Iterable[str]) -> int:
         with open(path, "rb", buffering=0) as f:
             while n := f.readinto(view):
                 total += n
+                if progress:
+                    progress.advance(n)
+    if progress:
+        log(f"warmed {total / 1e9:.1f} GB in {progress.finish():.1f} s")
     return total
 
 
-def prepare(mode: str, paths: list[str]) -> float:
+def prepare(mode: str, paths: list[str], log: Callable[[str], None] | None = None) -> float:
     """Bring the files into the state `mode` asks for; return measured residency."""
     if mode == "cold":
         evict(paths)
     elif mode == "warm":
-        warm(paths)
+        warm(paths, log)
     elif mode != "asis":
         raise ValueError(f"unknown cache mode {mode!r}")
     return residency(paths)
