@@ -4,8 +4,11 @@
 # then write FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime@sha256:<digest>.
 FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
+# PYTHONPATH: the Jobs run `python -m loadbench...` from /data (the matrix launcher, the
+# collection helper), so the package must import from anywhere, as localjob's pods do.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/app \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app

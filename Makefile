@@ -33,9 +33,11 @@ demo: $(VENV)/.installed
 	  CACHE_MODE=cold NUM_TRIALS=1 CEILINGS=0 RESULT_LINES=0 DEVICE=$${DEVICE:-auto} $(BIN)/loadbench bench
 
 # A shell with the venv first on PATH: `loadbench`, `python` and the scripts work as the README shows.
+# The venv is activated after ~/.bashrc, so a pyenv or conda PATH set there cannot shadow it.
 shell: $(VENV)/.installed
-	@echo "loadbench shell: .venv is active; exit to leave"
-	@PATH=$(abspath $(BIN)):$$PATH VIRTUAL_ENV=$(abspath $(VENV)) $${SHELL:-bash} -i
+	@printf '[ -f ~/.bashrc ] && . ~/.bashrc\n. %s/activate\necho "loadbench shell: .venv is active (python is %s/python); exit to leave"\n' \
+	  "$(abspath $(BIN))" "$(abspath $(BIN))" > $(VENV)/shellrc
+	@bash --rcfile $(VENV)/shellrc -i
 
 test: setup
 	$(BIN)/ruff check .

@@ -50,6 +50,8 @@ def _parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser
 
 def _env_only(prog: str, description: str, names: tuple[str, ...] | None, example: str,
               argv: list[str] | None) -> None:
+    if argv is not None and PROG_OVERRIDE:
+        prog = PROG_OVERRIDE[-1]
     """--help for a command configured only by environment variables; exits on --help or junk."""
     ap = _parser(prog, description, f"{_env_help(names)}\n\n{EXIT_CODES}\n\nexample:\n  {example}")
     ap.parse_args(sys.argv[1:] if argv is None else argv)  # exits 0 on --help, 2 on junk
@@ -109,6 +111,7 @@ def collect_main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = {"save": save_main, "bench": bench_main, "report": report_main, "collect": collect_main}
+PROG_OVERRIDE: list[str] = []  # `loadbench save --help` says `loadbench save`, not the script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  loadbench {c} --help" for c in COMMANDS), file=sys.stderr if args and args[0] not in
               ("-h", "--help") else sys.stdout)
         return 0 if args and args[0] in ("-h", "--help") else EXIT_BAD_INPUT
+    PROG_OVERRIDE.append(f"loadbench {args[0]}")
     return COMMANDS[args[0]](args[1:])
 
 

@@ -454,8 +454,7 @@ def picks(groups: list[Group]) -> list[str]:
         if g.bound_name and g.bound_gbps and best["gbps"]:
             frac = best["gbps"] / g.bound_gbps
             what = CEILING_TEXT.get(g.bound_name, g.bound_name)
-            text += (f", within {1 - frac:.0%} of the {what} ceiling" if 0.5 <= frac <= 1 else
-                     f", at {frac:.0%} of the {what} ceiling")
+            text += f", at {frac:.0%} of the {what} ceiling"
         elif g.bound_name:
             text += (f"; the {CEILING_TEXT.get(g.bound_name, g.bound_name)} ceiling is unreliable "
                      f"(beaten, best observed {g.unreliable[g.bound_name]:.2f} GB/s)")

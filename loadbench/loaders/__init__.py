@@ -60,7 +60,7 @@ LIBRARIES: tuple[Library, ...] = (
     Library("tensorizer", "loadbench.loaders.tensorizer_lib", "tensorizer", "tensorizer", True,
             "TensorDeserializer into a meta-device skeleton",
             (Option("num_readers", "TZR_NUM_READERS", "int",
-                    "tensorizer: parallel readers (its I/O mode). A comma list sweeps."),
+                    "tensorizer: parallel readers (its I/O mode)."),
              Option("verify_hash", "TZR_VERIFY_HASH", "bool",
                     "tensorizer: verify its own per-tensor hashes while loading (timed).", "0")),
             owns_format=True, weight_suffixes=(".tensors",), skip="SKIP_TZR"),
@@ -81,7 +81,7 @@ LIBRARIES: tuple[Library, ...] = (
                     "fastsafetensors: 1 reads through the page cache (disable_cache=False); "
                     "0 or default is its own default, O_DIRECT that skips the page cache."),
              Option("max_threads", "FST_MAX_THREADS", "int",
-                    "fastsafetensors: copy threads. A comma list sweeps."))),
+                    "fastsafetensors: copy threads."))),
     Library("runai-streamer", "loadbench.loaders.runai_lib", "safetensors",
             "runai-model-streamer", False,
             "Run:ai Model Streamer: many reader threads, tensors copied as they stream",

@@ -360,3 +360,13 @@ def test_gitignore_covers_what_readme_commands_make():
 
 def test_readme_states_the_minimum_kubernetes_version():
     assert "Kubernetes 1.33" in (ROOT / "README.md").read_text()
+
+
+def test_python_dash_m_commands_import_in_the_image():
+    """Jobs run `python -m loadbench...` from their workingDir (/data), not /app: the image must put
+    /app on PYTHONPATH, or the matrix launcher and the collection helper fail to import."""
+    runs_m = [name for name in ("benchmark-matrix-job.yaml", "loadbench/cluster/collect.py")
+              if '"-m", "loadbench.' in (ROOT / name).read_text()]
+    assert runs_m, "no `python -m loadbench...` command left: drop this test"
+    assert re.search(r"PYTHONPATH=/app\b", (ROOT / "Dockerfile").read_text()), (
+        f"{runs_m} run `python -m loadbench...`: the Dockerfile must set ENV PYTHONPATH=/app")
