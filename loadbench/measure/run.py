@@ -29,9 +29,11 @@ from loadbench.errors import (
     EXIT_FAILED,
     EXIT_NOT_WRITTEN,
     EXIT_OK,
+    EXIT_TRANSIENT,
     BadInput,
     ConfigError,
     NeedsCUDA,
+    Transient,
     one_line,
 )
 from loadbench.loaders.context import LoadContext
@@ -160,6 +162,10 @@ def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device:
         fail(doc, e, trial.where(e))
         log(f"{label}: {one_line(e)}")
         code = EXIT_BAD_INPUT
+    except Transient as e:
+        fail(doc, e, trial.where(e))
+        log(f"{label}: {one_line(e)}")
+        code = EXIT_TRANSIENT
     except Exception as e:
         fail(doc, e, trial.where(e))
         log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
@@ -264,8 +270,10 @@ def main(environ: dict[str, str] | None = None, progress: Callable[[str], None] 
 
 
 def _main(env: dict[str, str], pod: Pod) -> int:
+    from loadbench.measure import tp
     try:
         cfg = config.load(env)
+        multi = tp.multinode(env, cfg.tp_size)  # WORLD_SIZE>1: this pod is one rank of a group of pods
         device = machine.resolve_device(cfg.device)
     except ConfigError as e:
         emit = Emitter(env.get("RES_PATH") or "./results",
@@ -274,6 +282,7 @@ def _main(env: dict[str, str], pod: Pod) -> int:
         log(f"configuration error: {one_line(e)}")  # the last line: what was wrong and where
         return EXIT_BAD_INPUT
     emit = Emitter(cfg.res_path, result_lines_wanted(cfg.result_lines))
+    writer = emit if multi is None or multi.rank == 0 else (lambda doc: None)  # rank 0's pod writes
     machine.init_device(device)
     pod.phase("device init")
     plan = config.variants(cfg)
@@ -283,22 +292,26 @@ def _main(env: dict[str, str], pod: Pod) -> int:
     docs, code = [], EXIT_OK
     try:
         for lib, options in plan:
-            if cfg.tp_size > 1:  # N rank processes, one document (measure/tp.py)
-                from loadbench.measure import tp
-                doc, lib_code = tp.run_library_tp(lib, options, cfg, device, shared, pod)
+            if cfg.tp_size > 1 or multi:  # N rank processes, one document (measure/tp.py)
+                doc, lib_code = tp.run_library_tp(lib, options, cfg, device, shared, pod, multi=multi)
             else:
                 doc, lib_code = run_library(lib, options, cfg, device, shared, pod)
-            emit(doc)
+            writer(doc)
             docs.append(doc)
             code = max(code, lib_code)
     except _Finished as f:
-        emit(f.doc)
+        writer(f.doc)
         log(f"{f.doc['label']}: {f.doc['error']['message']} (exit {f.code})")
         return f.code
     except Terminated as e:  # between libraries: nothing in flight
         log(f"terminated by {e} between libraries (exit {128 + e.signum})")
         return 128 + e.signum
     print("\n" + summary_table(docs), file=sys.stderr, flush=True)
+    if multi and multi.rank:  # the group's documents are rank 0's to write
+        ok = sum(d["status"] == "ok" for d in docs)
+        log(f"rank {multi.rank} of {multi.world} pods: rank 0's pod ({multi.addr}) wrote the {len(docs)} "
+            f"document(s), {ok} ok; this pod wrote none (exit {code}, as rank 0's)")
+        return code
     if emit.unwritten:
         log(f"{len(emit.unwritten)} result document(s) could not be written under RES_PATH="
             f"{cfg.res_path!r} ({', '.join(emit.unwritten)}); their LOADBENCH_RESULT lines are on "

@@ -28,6 +28,16 @@ deadlines (startup, job setup, each trial) and on a crash or a deadline stops
 every rank (SIGTERM, then SIGKILL, by process group: each rank leads its own)
 and writes an error document; a later variant starts fresh ranks. Ranks also
 die with the parent (PR_SET_PDEATHSIG) and leave when it exits (FOLDER/stop).
+
+Across pods (benchmark-tp-multinode.yaml): a pod whose environment has
+WORLD_SIZE>1 (with RANK, MASTER_ADDR, MASTER_PORT, as the Indexed Job gives
+them) is ONE rank of a group of WORLD_SIZE pods: its single rank process joins
+the group at MASTER_ADDR:MASTER_PORT as global rank RANK, so the barriers (and
+the clock) span every pod. Each rank reads and verifies its slices of the
+TP_SIZE=WORLD_SIZE layout; every pod's local rank prepares its own node's page
+cache. After each trial the ranks all-gather their records, so every pod
+builds the same document and exit code; only global rank 0's pod writes it.
+Only one rank per pod (TP_SIZE=1) is supported across pods.
 """
 
 from __future__ import annotations
@@ -43,8 +53,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -90,6 +101,40 @@ class RankFailed(RuntimeError):
         self.rank, self.bad_input, self.error, self.fatal = rank, bad_input, error, fatal
 
 
+@dataclass(frozen=True)
+class Multinode:
+    """This pod is global rank `rank` of a group of `world` pods meeting at addr:port."""
+    rank: int
+    world: int
+    addr: str
+    port: int
+
+
+def multinode(env: Mapping[str, str], tp_size: int) -> Multinode | None:
+    """The group across pods that WORLD_SIZE>1 in the pod's environment asks for; None for one pod.
+    ConfigError for what loadbench cannot run (more than one rank per pod, a bad RANK, ...)."""
+    raw = (env.get("WORLD_SIZE") or "").strip()
+    if raw in ("", "1"):
+        return None
+    try:
+        world = int(raw)
+        rank = int((env.get("RANK") or "").strip())
+        port = int((env.get("MASTER_PORT") or "").strip())
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE={raw!r}, RANK={env.get('RANK')!r}, MASTER_PORT="
+                          f"{env.get('MASTER_PORT')!r}: ranks across pods need integers (RANK the "
+                          f"completion index, MASTER_PORT rank 0's port)") from None
+    addr = (env.get("MASTER_ADDR") or "").strip()
+    if world < 1 or not 0 <= rank < world or not 0 < port < 65536 or not addr:
+        raise ConfigError(f"WORLD_SIZE={world}, RANK={rank}, MASTER_ADDR={addr!r}, MASTER_PORT={port}: "
+                          f"ranks across pods need 0 <= RANK < WORLD_SIZE, rank 0's address and a port")
+    if tp_size != 1:
+        raise ConfigError(f"TP_SIZE={tp_size} with WORLD_SIZE={world}: across pods loadbench runs one "
+                          f"rank per pod; set TP_SIZE=1 (the group is the WORLD_SIZE pods, and the "
+                          f"checkpoint is saved with TP_SIZE=WORLD_SIZE), or use one pod with TP_SIZE GPUs")
+    return Multinode(rank, world, addr, port)
+
+
 # --- the launcher ---------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -98,14 +143,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rank_env(base: dict[str, str], rank: int, world: int, port: int) -> dict[str, str]:
-    """What torchrun gives a rank on one node; everything else (NCCL_* included) as it is."""
+def rank_env(base: dict[str, str], rank: int, world: int, port: int,
+             multi: Multinode | None = None) -> dict[str, str]:
+    """What torchrun gives a rank on one node (or, across pods, the pod's one rank: global rank
+    RANK of WORLD_SIZE at the pod's MASTER_ADDR); everything else (NCCL_* included) as it is."""
     env = dict(base)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
-    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-               GROUP_RANK="0", ROLE_RANK=str(rank), ROLE_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+    local, nodes = (rank, world) if multi is None else (0, 1)
+    node, addr = (0, "127.0.0.1") if multi is None else (multi.rank, multi.addr)
+    if multi is not None:
+        rank, world, port = multi.rank, multi.world, multi.port
+    env.update(RANK=str(rank), LOCAL_RANK=str(local), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(nodes),
+               GROUP_RANK=str(node), ROLE_RANK=str(rank), ROLE_WORLD_SIZE=str(world), MASTER_ADDR=addr,
                MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
     return env
 
@@ -125,8 +176,9 @@ class RankGroup:
     """N rank processes and their record files; stopped, whatever happens, by `stop()`."""
 
     def __init__(self, world: int, folder: str, command: list[str],
-                 environ: dict[str, str] | None = None) -> None:
-        self.world, self.folder, self.command = world, folder, command
+                 environ: dict[str, str] | None = None, multi: Multinode | None = None) -> None:
+        self.world, self.folder, self.command, self.multi = world, folder, command, multi
+        self.first = multi.rank if multi else 0  # the global rank of local rank 0
         self.environ = dict(os.environ if environ is None else environ)
         self.procs: list[subprocess.Popen] = []
         self.records: list[Records] = [[] for _ in range(world)]
@@ -137,11 +189,11 @@ class RankGroup:
         return os.path.join(self.folder, f"rank-{rank}.jsonl")
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = self.multi.port if self.multi else free_port()
         out = _stderr_fd()
         for rank in range(self.world):
             self.procs.append(subprocess.Popen(
-                self.command, env=rank_env(self.environ, rank, self.world, self.port),
+                self.command, env=rank_env(self.environ, rank, self.world, self.port, self.multi),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True))
 
     def _read(self) -> None:
@@ -169,8 +221,9 @@ class RankGroup:
                 bad = next((r for r in recs if failed(r)), None)
                 if bad:
                     e = bad.get("error") or {}
-                    raise RankFailed(f"rank {rank} failed during {bad.get('where') or what}: "
-                                     f"{e.get('type')}: {e.get('message')}", rank,
+                    who = bad.get("rank", self.first + rank)
+                    raise RankFailed(f"rank {who} failed during {bad.get('where') or what}: "
+                                     f"{e.get('type')}: {e.get('message')}", who,
                                      bool(bad.get("bad_input")), e, bool(bad.get("fatal", True)))
             pending = [r for r in range(self.world) if not done(self.records[r])]
             if not pending:
@@ -183,10 +236,12 @@ class RankGroup:
                         break
                     how = (f"was killed by {signal.Signals(-code).name}" if code < 0
                            else f"exited with code {code}")
-                    raise RankFailed(f"rank {rank} {how} during {what}; the other ranks were stopped", rank)
+                    raise RankFailed(f"rank {self.first + rank} {how} during {what}; the other ranks were "
+                                     f"stopped", self.first + rank)
             if time.monotonic() > deadline:
-                raise RankFailed(f"rank(s) {', '.join(map(str, pending))} did not finish {what} within "
-                                 f"{timeout:.0f} s (hung?); every rank was stopped", pending[0])
+                late = [self.first + r for r in pending]
+                raise RankFailed(f"rank(s) {', '.join(map(str, late))} did not finish {what} within "
+                                 f"{timeout:.0f} s (hung?); every rank was stopped", late[0])
             time.sleep(POLL_S)
 
     def finish(self, timeout: float = 10.0) -> list[int | None]:
@@ -216,12 +271,13 @@ class Pool:
     """The pod's N ranks: started by the first TP variant, given one job per variant."""
 
     def __init__(self, world: int, device_type: str, timeout_s: float,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, multi: Multinode | None = None) -> None:
         self.folder = tempfile.mkdtemp(prefix="loadbench-tp-")
         write_json_atomic(os.path.join(self.folder, "pool.json"),
-                          {"device": device_type, "timeout_s": timeout_s, "parent_pid": os.getpid()})
+                          {"device": device_type, "timeout_s": timeout_s, "parent_pid": os.getpid(),
+                           "multinode": multi is not None})
         program = command or [sys.executable, "-m", "loadbench.measure.tp"]
-        self.group = RankGroup(world, self.folder, [*program, self.folder])
+        self.group = RankGroup(world, self.folder, [*program, self.folder], multi=multi)
         self.jobs = 0
         self.closed = False
 
@@ -275,12 +331,16 @@ def _job_failed(job: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def _pool(shared: dict[str, Any], world: int, device: torch.device, timeout: float,
-          command: list[str] | None, own: list[dict[str, Any]]) -> Pool:
+          command: list[str] | None, own: list[dict[str, Any]], multi: Multinode | None = None) -> Pool:
     pool = shared.get("tp_pool")
     if pool is not None and not pool.closed:
         return pool
+    if pool is not None and multi is not None:  # the peers cannot meet again in step
+        raise RankFailed(f"the group of {multi.world} pods was stopped during an earlier library "
+                         f"variant and is not formed again; see that variant's error", multi.rank,
+                         fatal=False)
     start = time.perf_counter()
-    pool = Pool(world, device.type, timeout, command)
+    pool = Pool(world, device.type, timeout, command, multi)
     shared["tp_pool"] = pool
     atexit.register(pool.close)
     try:
@@ -288,18 +348,22 @@ def _pool(shared: dict[str, Any], world: int, device: torch.device, timeout: flo
     except BaseException:
         pool.kill()
         raise
-    log(f"TP_SIZE={world}: {world} ranks up in {time.perf_counter() - start:.1f} s (pids "
+    where = (f"rank {multi.rank} of {multi.world} pods at {multi.addr}:{multi.port}" if multi
+             else f"TP_SIZE={world}: {world} ranks")
+    log(f"{where} up in {time.perf_counter() - start:.1f} s (pids "
         f"{', '.join(str(p.pid) for p in pool.group.procs)})")
     own.append({"name": "rank startup", "seconds": time.perf_counter() - start})
     return pool
 
 
 def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device,
-                   shared: dict[str, Any], pod: Any, command: list[str] | None = None
-                   ) -> tuple[dict[str, Any], int]:
-    """run.run_library for TP_SIZE>1: the same document, written from N ranks' records."""
+                   shared: dict[str, Any], pod: Any, command: list[str] | None = None,
+                   multi: Multinode | None = None) -> tuple[dict[str, Any], int]:
+    """run.run_library for TP_SIZE>1: the same document, written from N ranks' records. Across
+    pods (`multi`), this pod runs one rank of the group, and gets every rank's records."""
     from loadbench.measure import run
-    world = cfg.tp_size
+    world = multi.world if multi else cfg.tp_size
+    local = 1 if multi else world  # rank processes in this pod
     doc = run.library_document(lib, options, cfg, device)
     doc["tp_size"] = world
     label, spec = doc["label"], loaders.get(lib)
@@ -313,9 +377,9 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
             raise TPNotSupported(f"library {lib!r}: tensor-parallel loading (TP_SIZE={world}) is not "
                                  f"supported for this library in loadbench yet; use TP_SIZE=1 for it, "
                                  f"or drop it from LIBRARIES")
-        if device.type == "cuda" and torch.cuda.device_count() < world:
-            raise ConfigError(f"TP_SIZE={world} needs {world} GPUs (one per rank), "
-                              f"{torch.cuda.device_count()} visible: request nvidia.com/gpu: {world}")
+        if device.type == "cuda" and torch.cuda.device_count() < local:
+            raise ConfigError(f"TP_SIZE={local} needs {local} GPUs (one per rank), "
+                              f"{torch.cuda.device_count()} visible: request nvidia.com/gpu: {local}")
         ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
         RankPlan.from_manifest(ckpt.manifest, 0, world)  # the layout exists, or exit 2 now
         per_rank = rank_files(ckpt, world)
@@ -335,9 +399,9 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
                                    f"verify their slices only")
         timeout = trial_timeout(ckpt.manifest["model"]["bytes"])
         stage = "rank startup"
-        pool = _pool(shared, world, device, timeout, command, own)
+        pool = _pool(shared, local, device, timeout, command, own, multi)
         stage = "setup"
-        job = pool.submit({"library": lib, "options": options, "model_path": cfg.model_path,
+        job = pool.submit({"library": lib, "label": label, "options": options, "model_path": cfg.model_path,
                            "format": spec.format, "model_id": cfg.model_id, "dtype": cfg.dtype,
                            "cache_mode": cfg.cache_mode, "num_trials": cfg.num_trials,
                            "cache_files": files, "rank_files": per_rank or None})
@@ -346,7 +410,12 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
                      "launcher": "subprocesses with torchrun's variables, one set per pod",
                      "pids": [p.pid for p in group.procs], "job": job, "master_port": group.port,
                      "trial_timeout_s": timeout,
-                     "devices": [f"cuda:{r}" if device.type == "cuda" else "cpu" for r in range(world)]}
+                     "devices": [f"cuda:{r % local}" if device.type == "cuda" else "cpu"
+                                 for r in range(world)]}
+        if multi:
+            up = next(r for r in group.records[0] if r.get("kind") == "up")
+            doc["tp"].update(multinode=True, launcher="one rank process per pod (WORLD_SIZE pods)",
+                             master_addr=multi.addr, ranks=up.get("peers"))
         group.wait(_has("ready", job), STARTUP_TIMEOUT_S, "setup", _job_failed(job))
         own.append({"name": "prepare", "seconds": time.perf_counter() - t - sum(p["seconds"] for p in own)})
         t = time.perf_counter()
@@ -354,7 +423,9 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
         for i in range(cfg.num_trials):
             stage = f"trial {i + 1}"
             group.wait(_has("trial", job, i), timeout, f"trial {i + 1}", _job_failed(job))
-            recs = [next(r for r in group.records[k] if _has("trial", job, i)([r])) for k in range(world)]
+            recs = sorted((x for k in range(local) for x in
+                           next(r for r in group.records[k] if _has("trial", job, i)([r]))["ranks"]),
+                          key=lambda x: x["rank"])
             one = combine(recs, cfg.cache_mode, model_bytes, doc["ceilings"])
             one["library_info"] = dict(one.get("library_info") or {}, trial_timeout_s=timeout)
             bad_input = one.pop("bad_input", False)
@@ -362,7 +433,8 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
             done = i + 1
             doc["io_mode"] = recs[0].get("io_mode") or doc["io_mode"]
             doc["warnings"].extend(w for w in one.get("warnings") or [] if w not in doc["warnings"])
-            log(trial.line(label, i, cfg.num_trials, one) + f" (pod: slowest of {world} ranks)")
+            log(trial.line(label, i, cfg.num_trials, one)
+                + f" ({'group' if multi else 'pod'}: slowest of {world} ranks)")
             if one["status"] != "ok":
                 code = max(code, EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
         stage = "the end of the job"
@@ -410,9 +482,9 @@ def _failed_trial(mode: str, e: RankFailed) -> dict[str, Any]:
     return one
 
 
-RANK_KEYS = ("rank", "status", "device", "resident_before", "skeleton_s", "weights_s", "total_s",
-             "barrier_s", "verify_s", "bytes", "gbps", "tensors_verified", "mismatches", "peak_rss_bytes",
-             "peak_device_bytes", "cache_s", "error", "started_at", "finished_at")
+RANK_KEYS = ("rank", "node", "pod", "status", "device", "resident_before", "skeleton_s", "weights_s",
+             "total_s", "barrier_s", "verify_s", "bytes", "gbps", "tensors_verified", "mismatches",
+             "peak_rss_bytes", "peak_device_bytes", "cache_s", "error", "started_at", "finished_at")
 
 
 def combine(recs: Records, mode: str, model_bytes: int, measured: dict[str, Any] | None) -> dict[str, Any]:
@@ -423,7 +495,8 @@ def combine(recs: Records, mode: str, model_bytes: int, measured: dict[str, Any]
     ends = [r["finished_at"] for r in recs if r.get("finished_at")]
     one.update(ranks=[{k: r.get(k) for k in RANK_KEYS} for r in recs],
                resident_before=first.get("resident_all"), cache_s=first.get("cache_s"),
-               warnings=list(first.get("warnings") or []), library_info=first.get("library_info"),
+               warnings=list(dict.fromkeys(w for r in recs for w in r.get("warnings") or [])),
+               library_info=first.get("library_info"),
                started_at=min(starts) if starts else None, finished_at=max(ends) if ends else now())
     errors = [r for r in recs if r["status"] == "error"]
     if errors:
@@ -492,6 +565,9 @@ class Rank:
         self.dist = dist
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         self.local = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.pods = bool(pool.get("multinode"))  # one rank per pod, the group across pods
+        self.who = {"node": os.environ.get("NODE_NAME") or socket.gethostname(),
+                    "pod": os.environ.get("POD_NAME") or None}
         cuda = pool["device"] == "cuda"
         self.device = torch.device("cuda", self.local) if cuda else torch.device("cpu")
         machine.init_device(self.device)
@@ -499,6 +575,15 @@ class Rank:
                                 timeout=timedelta(seconds=pool["timeout_s"] + 60),
                                 **({"device_id": self.device} if cuda else {}))
         self.barrier()
+        self.peers = self.gather(dict(self.who, rank=self.rank))
+
+    def gather(self, obj: dict[str, Any]) -> list[dict[str, Any]]:
+        """Across pods, every rank's `obj` (each pod builds the same document); else this rank's."""
+        if not self.pods:
+            return [obj]
+        got: list[Any] = [None] * self.world
+        self.dist.all_gather_object(got, obj)
+        return got
 
     def setup(self, job: dict[str, Any]) -> None:
         self.mod = loaders.require(job["library"])
@@ -528,8 +613,8 @@ class Rank:
     def trial(self, mode: str) -> dict[str, Any]:
         trial.release(self.device)
         rec: dict[str, Any] = {"rank": self.rank, "device": str(self.device), "status": "ok",
-                               "mismatches": [], "tensors_verified": 0, "warnings": []}
-        if self.rank == 0:
+                               "mismatches": [], "tensors_verified": 0, "warnings": [], **self.who}
+        if self.local == 0:  # the pod's first rank, for its node's page cache
             t0 = time.perf_counter()
             rec["resident_all"] = cache.prepare(mode, self.files)
             rec["cache_s"] = time.perf_counter() - t0
@@ -610,12 +695,18 @@ def worker_main(argv: list[str]) -> int:
         pool = json.load(f)
     _die_with_parent(pool.get("parent_pid"))
     rank = int(os.environ["RANK"])
-    out = RecordFile(os.path.join(folder, f"rank-{rank}.jsonl"))
+    out = RecordFile(os.path.join(folder, f"rank-{os.environ.get('LOCAL_RANK', rank)}.jsonl"))
     try:
         me = Rank(pool)
-        out.write(kind="up", rank=rank, device=str(me.device), pid=os.getpid())
+        out.write(kind="up", rank=rank, device=str(me.device), pid=os.getpid(), peers=me.peers)
     except BaseException as e:
-        out.write(kind="error", where="rank startup", rank=rank, error=error_info(e, trial.where(e)),
+        error = error_info(e, trial.where(e))
+        if pool.get("multinode"):  # most likely: a peer pod never arrived
+            error["message"] = (f"the group of {os.environ['WORLD_SIZE']} pods did not form at "
+                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} (timeout "
+                                f"{pool['timeout_s'] + 60:.0f} s; a peer pod missing or unreachable?): "
+                                f"{error['message']}")
+        out.write(kind="error", where="rank startup", rank=rank, error=error,
                   bad_input=isinstance(e, BadInput))
         log(f"rank {rank}: startup failed: {one_line(e)}")
         return EXIT_BAD_INPUT if isinstance(e, BadInput) else EXIT_FAILED
@@ -628,12 +719,23 @@ def worker_main(argv: list[str]) -> int:
                 me.setup(job)
             except Exception as e:
                 problem = e
-            if not me.all_ok(problem is None):  # every rank agrees, so all stay in step
-                if problem is not None:
-                    out.write(kind="error", job=k, where="setup", rank=rank, fatal=False,
-                              error=error_info(problem, trial.where(problem)),
-                              bad_input=isinstance(problem, BadInput))
-                    log(f"rank {rank}: setup of {job['library']} failed: {one_line(problem)}")
+            mine = None if problem is None else {
+                "rank": rank, "error": error_info(problem, trial.where(problem)),
+                "bad_input": isinstance(problem, BadInput)}
+            if problem is not None:
+                log(f"rank {rank}: setup of {job['library']} failed: {one_line(problem)}")
+            if me.pods:  # every pod must run the same variant, and learns what failed where
+                seen = me.gather({"label": job["label"], "problem": mine})
+                if len({x["label"] for x in seen}) > 1:
+                    raise RuntimeError("pods out of step: " + ", ".join(
+                        f"rank {r} runs {x['label']}" for r, x in enumerate(seen)))
+                mine = next((x["problem"] for x in seen if x["problem"]), None)
+                failed = mine is not None
+            else:
+                failed = not me.all_ok(problem is None)  # every rank agrees, so all stay in step
+            if failed:
+                if mine is not None:
+                    out.write(kind="error", job=k, where="setup", fatal=False, **mine)
                 else:
                     out.write(kind="skipped", job=k, rank=rank)
                 k += 1
@@ -641,7 +743,7 @@ def worker_main(argv: list[str]) -> int:
             out.write(kind="ready", job=k, rank=rank)
             for i in range(job["num_trials"]):
                 where = f"trial {i + 1}"
-                out.write(kind="trial", job=k, index=i, **me.trial(job["cache_mode"]))
+                out.write(kind="trial", job=k, index=i, ranks=me.gather(me.trial(job["cache_mode"])))
             out.write(kind="done", job=k, rank=rank)
         except BaseException as e:  # outside a load (cache, a barrier): the pod stops the ranks
             out.write(kind="error", job=k, where=where, rank=rank, error=error_info(e, trial.where(e)),

@@ -130,14 +130,31 @@ def test_a_failed_rank_fails_the_tp_job_and_stops_its_peers(tmp_path):
     assert res.seconds < 30
 
 
-def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(pvc):
+def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(tmp_path):
+    """The two pods form ONE group of 2 ranks; only rank 0's pod writes the document."""
+    llama = {**CPU, "MODEL_ID": "random/llama-tiny", "LIBRARIES": "safetensors"}
+    (save,) = localjob.load_jobs(manifest("save-models-job.yaml"))
+    saved = localjob.run_job(save, {CLAIM: str(tmp_path)}, {**llama, "TP_SIZE": "2"},
+                             configmaps=configmaps("save-models-job.yaml"), **QUIET)
+    assert saved.ok, saved
     job = job_named("benchmark-tp-multinode.yaml", "loadbench-tp")
-    res = localjob.run_job(job, {CLAIM: str(pvc)}, {**CPU, "LIBRARIES": "safetensors", "RUN_ID": "tp"},
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, {**llama, "RUN_ID": "tp"},
                            configmaps=configmaps("benchmark-tp-multinode.yaml"), **QUIET)
     assert res.ok and res.exit_codes == {0: [0], 1: [0]}, res
-    got = documents(pvc / "results/tp")
-    assert sorted(d["identity"]["completion_index"] for d in got) == [0, 1]
-    assert all(d["status"] == "ok" and d["identity"]["job"] == "loadbench-tp" for d in got)
+    (doc,) = documents(tmp_path / "results/tp")  # one document for the group, not one per pod
+    assert doc["status"] == "ok" and doc["tp_size"] == 2 and doc["library"] == "safetensors"
+    assert doc["identity"]["job"] == "loadbench-tp" and doc["identity"]["completion_index"] == 0
+    assert doc["tp"]["multinode"] is True and doc["tp"]["backend"] == "gloo"
+    pods = {p.index: p for p in res.pods}
+    assert [r["pod"] for r in doc["tp"]["ranks"]] == [pods[0].name, pods[1].name]
+    (trial,) = doc["trials"]
+    assert trial["status"] == "ok" and trial["mismatches"] == [] and trial["tensors_verified"] == 42
+    assert [(r["rank"], r["status"], r["tensors_verified"], r["mismatches"]) for r in trial["ranks"]] == [
+        (0, "ok", 21, []), (1, "ok", 21, [])]  # every slice of both ranks verified bit for bit
+    assert trial["total_s"] == max(r["barrier_s"] for r in trial["ranks"])
+    assert sum(line.startswith("LOADBENCH_RESULT") for line in pods[0].lines) == 1
+    assert not any(line.startswith("LOADBENCH_RESULT") for line in pods[1].lines)
+    assert "rank 1 of 2 pods: rank 0's pod (127.0.0.1) wrote the 1 document" in pods[1].last_line
 
 
 def test_concurrent_pods_each_get_their_own_gpu(tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from loadbench import schema
 from loadbench.measure import tp, tp_plan
-from tests.conftest import result_lines, run_script
+from tests.conftest import ROOT, clean_env, result_lines, run_script
 
 TP_LIBRARIES = ["safetensors", "tensorizer", "reference", "huggingface"]
 TENSORS = 21  # random/llama-tiny's state dict
@@ -135,6 +136,53 @@ def test_corrupted_slice_is_a_mismatch_on_the_right_rank(llama, tmp_path):
     assert rank0["status"] == "ok" and rank0["mismatches"] == []
     assert rank1["status"] == "mismatch" and [m["tensor"] for m in rank1["mismatches"]] == [name]
     assert trial["mismatches"][0]["rank"] == 1 and "rank 1" in trial["mismatches"][0]["problem"]
+
+
+def test_two_pods_with_world_size_2_form_one_group_and_rank_0_writes_the_document(llama, tmp_path):
+    """What benchmark-tp-multinode.yaml's pods do: two processes, one rank each, TP_SIZE=1."""
+    port = str(tp.free_port())
+    env = {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(llama), "RES_PATH": str(tmp_path / "res"),
+           "RUN_ID": "pods", "TP_SIZE": "1", "SKIP_INFERENCE": "1", "CACHE_MODE": "cold",
+           "LIBRARIES": "safetensors", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    pods = [subprocess.Popen([sys.executable, str(ROOT / "deserialize_benchmark.py")], cwd=ROOT, text=True,
+                             env=clean_env({**env, "RANK": str(r), "POD_NAME": f"pod-{r}",
+                                            "NODE_NAME": f"node-{r}"}),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (1, 0)]
+    (out1, err1), (out0, err0) = (p.communicate(timeout=120) for p in pods)
+    assert pods[1].returncode == 0, err0
+    assert pods[0].returncode == 0, err1
+    assert result_lines(out1) == [] and "rank 0's pod (127.0.0.1) wrote the 1 document(s)" in \
+        err1.strip().splitlines()[-1]
+    (line,) = result_lines(out0)
+    docs, skipped = schema.read_many(str(tmp_path / "res"))
+    assert not skipped and len(docs) == 1, skipped
+    (doc,) = docs
+    assert doc["_path"] and {**doc, "_path": None} == {**line, "_path": None}
+    assert doc["status"] == "ok" and doc["tp_size"] == 2, doc.get("error")
+    assert doc["identity"]["pod"] == "pod-0"
+    assert doc["tp"]["multinode"] is True and len(doc["tp"]["pids"]) == 1
+    assert doc["tp"]["ranks"] == [{"node": "node-0", "pod": "pod-0", "rank": 0},
+                                  {"node": "node-1", "pod": "pod-1", "rank": 1}]
+    (one,) = doc["trials"]
+    assert one["status"] == "ok" and one["tensors_verified"] == 2 * TENSORS
+    assert [(r["rank"], r["pod"], r["status"], r["tensors_verified"]) for r in one["ranks"]] == [
+        (0, "pod-0", "ok", TENSORS), (1, "pod-1", "ok", TENSORS)]
+    assert one["total_s"] == max(r["barrier_s"] for r in one["ranks"])
+
+
+def test_unsupported_multinode_settings_are_a_config_error_exit_2(tmp_path):
+    from loadbench.errors import ConfigError
+    pods = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "a", "MASTER_PORT": "1"}
+    for env, message in [({**pods, "RANK": "2"}, "0 <= RANK < WORLD_SIZE"),
+                         ({**pods, "MASTER_ADDR": ""}, "rank 0's address"),
+                         ({**pods, "MASTER_PORT": "x"}, "need integers")]:
+        with pytest.raises(ConfigError, match=message):
+            tp.multinode(env, 1)
+    assert tp.multinode({"WORLD_SIZE": "1", "RANK": "0"}, 4) is None
+    proc = run_script("deserialize_benchmark.py", {"MODEL_ID": "random/llama-tiny", "RES_PATH": str(tmp_path),
+                                                   "TP_SIZE": "2", **pods}, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "one rank per pod; set TP_SIZE=1" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
 def test_library_without_tp_is_an_error_document_exit_2(llama, tmp_path):
