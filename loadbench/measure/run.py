@@ -158,21 +158,21 @@ def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device:
             trials_failed(doc)
     except Terminated as e:
         raise terminated(doc, e, done, cfg.num_trials, pod, own) from None
-    except BadInput as e:
-        fail(doc, e, trial.where(e))
-        log(f"{label}: {one_line(e)}")
-        code = EXIT_BAD_INPUT
-    except Transient as e:
-        fail(doc, e, trial.where(e))
-        log(f"{label}: {one_line(e)}")
-        code = EXIT_TRANSIENT
     except Exception as e:
-        fail(doc, e, trial.where(e))
-        log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
-        code = EXIT_FAILED
+        code = failure(doc, e, label)
     doc["finished_at"] = now()
     doc["pod"] = pod.record(own)
     return doc, code
+
+
+def failure(doc: dict[str, Any], e: Exception, label: str) -> int:
+    """Record a library's failure in its document, say it in one line, return the exit code."""
+    fail(doc, e, trial.where(e))
+    if isinstance(e, (BadInput, Transient)):
+        log(f"{label}: {one_line(e)}")
+        return EXIT_BAD_INPUT if isinstance(e, BadInput) else EXIT_TRANSIENT
+    log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
+    return EXIT_FAILED
 
 
 def trials_failed(doc: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ from loadbench.errors import (
 )
 from loadbench.loaders.context import LoadContext
 from loadbench.measure import checksums, trial
-from loadbench.measure.document import error_info, fail, now
+from loadbench.measure.document import error_info, now
 from loadbench.measure.tp_plan import RankPlan
 from loadbench.storage import cache, ceilings
 from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
@@ -459,17 +459,13 @@ def run_library_tp(lib: str, options: dict[str, Any], cfg: config.Settings, devi
         log(f"{label}: {e}")
         code = EXIT_BAD_INPUT if e.bad_input else EXIT_FAILED
     except BadInput as e:
-        fail(doc, e, trial.where(e))
-        log(f"{label}: {one_line(e)}")
-        code = EXIT_BAD_INPUT
+        code = run.failure(doc, e, label)
     except BaseException as e:
         if pool:
             pool.kill()  # out of step with the ranks: start afresh for the next variant
         if not isinstance(e, Exception):
             raise
-        fail(doc, e, trial.where(e))
-        log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
-        code = EXIT_FAILED
+        code = run.failure(doc, e, label)
     doc["finished_at"] = now()
     doc["pod"] = pod.record(own)
     return doc, code
