@@ -39,7 +39,7 @@ CONFIGS=(
   "huggingface|LIBRARIES=huggingface"
   "huggingface-bin|LIBRARIES=huggingface-bin"
   "fastsafetensors|LIBRARIES=fastsafetensors"
-  "fastsafetensors-cache1|LIBRARIES=fastsafetensors FST_CACHE=1"
+  "fastsafetensors-odirect0|LIBRARIES=fastsafetensors FST_ODIRECT=0"
   "runai-streamer|LIBRARIES=runai-streamer"
   "instanttensor|LIBRARIES=instanttensor IT_BACKEND=default"
   "instanttensor-buffered|LIBRARIES=instanttensor IT_BACKEND=URING_BUFFERED"

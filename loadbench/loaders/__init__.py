@@ -77,9 +77,10 @@ LIBRARIES: tuple[Library, ...] = (
             "fastsafetensors: files copied to the device in bulk, tensors instantiated in place",
             (Option("nogds", "FST_NOGDS", "bool",
                     "fastsafetensors: 1 reads without GPUDirect Storage; 0 tries GDS.", "1"),
-             Option("cache", "FST_CACHE", "bool",
-                    "fastsafetensors: 1 reads through the page cache (disable_cache=False); "
-                    "0 or default is its own default, O_DIRECT that skips the page cache."),
+             Option("odirect", "FST_ODIRECT", "bool",
+                    "fastsafetensors: 1 reads with O_DIRECT (skips the page cache), 0 buffered "
+                    "through it (its FASTSAFETENSORS_ODIRECT); default: its own policy, O_DIRECT on "
+                    "local and unknown filesystems, buffered on network ones."),
              Option("max_threads", "FST_MAX_THREADS", "int",
                     "fastsafetensors: copy threads."))),
     Library("runai-streamer", "loadbench.loaders.runai_lib", "safetensors",

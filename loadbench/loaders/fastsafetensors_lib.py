@@ -2,8 +2,12 @@
 
 Two choices decide its speed: GPUDirect Storage (`nogds`; without GDS it
 reads through a bounce buffer with `max_threads` copy threads) and whether it
-bypasses the page cache (`disable_cache`, True by default: O_DIRECT, so a
-"warm" load still reads storage). Both are recorded in `io_mode`.
+reads with O_DIRECT, skipping the page cache. The latter is its
+FASTSAFETENSORS_ODIRECT variable: by default it uses O_DIRECT on local and
+unknown filesystems, so a "warm" load still reads storage. (Its
+`disable_cache` argument is not that switch: it caches loaded tensors in GPU
+memory for reuse.) The library's own answer for the checkpoint's file is
+recorded in `io_mode`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,23 @@ from typing import Any
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, scoped_env
 from loadbench.loaders.safetensors_lib import assign, weight_files
+
+ODIRECT = "FASTSAFETENSORS_ODIRECT"
 
 
 def import_package() -> None:
     import fastsafetensors  # noqa: F401
+
+
+def _reads_direct(path: str) -> bool | None:
+    """What the library decides for this file (None where the version has no such policy)."""
+    try:
+        from fastsafetensors.common import is_odirect_enabled
+    except ImportError:
+        return None
+    return bool(is_odirect_enabled(path))
 
 
 def load(ctx: LoadContext) -> torch.nn.Module:
@@ -27,24 +42,27 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     ctx.mark("skeleton")
     nogds = ctx.options.get("nogds")
     kwargs: dict[str, Any] = {"nogds": True if nogds is None else nogds}
-    if ctx.options.get("cache") is not None:
-        kwargs["disable_cache"] = not ctx.options["cache"]
     if ctx.options.get("max_threads"):
         kwargs["max_threads"] = ctx.options["max_threads"]
-    loader = SafeTensorsFileLoader(SingleGroup(), str(ctx.device), **kwargs)
-    cached = not kwargs.get("disable_cache", True)
-    ctx.io_mode = (f"{'no GDS' if kwargs['nogds'] else 'GDS'}, "
-                   f"{'page cache' if cached else 'O_DIRECT (skips the page cache)'}"
-                   + (f", {kwargs['max_threads']} threads" if "max_threads" in kwargs else ""))
-    ctx.info.update({k: v for k, v in kwargs.items()})
-    try:
-        loader.add_filenames({0: weight_files(ctx.checkpoint.folder)})
-        buffers = loader.copy_files_to_device()
+    odirect = ctx.options.get("odirect")
+    env = {ODIRECT: None if odirect is None else ("1" if odirect else "0")}
+    files = weight_files(ctx.checkpoint.folder)
+    with scoped_env(env):
+        direct = _reads_direct(files[0])
+        reads = {True: "O_DIRECT (skips the page cache)", False: "buffered (page cache)",
+                 None: "reads as its version decides"}[direct]
+        ctx.io_mode = (f"{'no GDS' if kwargs['nogds'] else 'GDS'}, {reads}"
+                       + (f", {kwargs['max_threads']} threads" if "max_threads" in kwargs else ""))
+        ctx.info.update(kwargs, odirect=direct, env_seen={ODIRECT: env[ODIRECT]})
+        loader = SafeTensorsFileLoader(SingleGroup(), str(ctx.device), **kwargs)
         try:
-            # Tensors share ownership of the device buffer and outlive close().
-            state = {name: buffers.get_tensor(name) for name in loader.get_keys()}
+            loader.add_filenames({0: files})
+            buffers = loader.copy_files_to_device()
+            try:
+                # Tensors share ownership of the device buffer and outlive close().
+                state = {name: buffers.get_tensor(name) for name in loader.get_keys()}
+            finally:
+                buffers.close()
         finally:
-            buffers.close()
-    finally:
-        loader.close()
+            loader.close()
     return assign(model, state, ctx.device)

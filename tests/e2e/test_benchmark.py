@@ -213,3 +213,17 @@ def test_save_rejects_a_path_that_is_not_a_folder(tmp_path):
                                          "MODEL_PATH": str(tmp_path / "out")})
     assert proc.returncode == 2
     assert "is none of: a hub id (org/name), a local folder" in last_line(proc.stderr)
+
+
+@pytest.mark.parametrize("odirect,resident_after", [("1", 0.0), ("0", 1.0)])
+def test_fastsafetensors_io_mode_is_what_the_document_says(model_copy, tmp_path, odirect, resident_after):
+    """O_DIRECT reads leave the page cache empty, buffered reads fill it: measured with mincore."""
+    from loadbench.storage import cache
+    files = [str(model_copy / WEIGHTS["safetensors"])]
+    proc = bench(model_copy, tmp_path / "res", LIBRARIES="fastsafetensors", FST_ODIRECT=odirect,
+                 CACHE_MODE="cold", SKIP_INFERENCE="1")
+    assert proc.returncode == 0, proc.stderr
+    (doc,) = docs_under(tmp_path / "res")
+    assert doc["trials"][0]["resident_before"] == 0.0
+    assert ("O_DIRECT" in doc["io_mode"]) == (odirect == "1"), doc["io_mode"]
+    assert cache.residency(files) == pytest.approx(resident_after, abs=0.05)
