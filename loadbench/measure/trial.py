@@ -62,18 +62,15 @@ def _generate(model: torch.nn.Module, ids: torch.Tensor, n: int) -> tuple[torch.
 
 
 @torch.no_grad()
-def first_token(model: torch.nn.Module, ckpt: Checkpoint, device: torch.device) -> float:
+def first_token(model: torch.nn.Module, ids: torch.Tensor) -> float:
     """Seconds to the first generated token right after the load, nothing warmed:
     with the load, what a user waits for before the model answers."""
-    ids = _prompt_ids(ckpt, model.config.vocab_size, device)
     return _generate(model, ids, 1)[1]
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, ckpt: Checkpoint, device: torch.device, new_tokens: int,
-             runs: int) -> dict[str, Any]:
+def generate(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, runs: int) -> dict[str, Any]:
     """Greedy tokens/s: the median of `runs` timed generations after a warm-up."""
-    ids = _prompt_ids(ckpt, model.config.vocab_size, device)
     _generate(model, ids, 2)
     times, out = [], None
     for _ in range(runs):
@@ -145,8 +142,10 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
                 f"ceiling is unreliable and is flagged, not shown as a limit")
 
     try:
-        if inference:
-            trial["first_token_s"] = first_token(model, ckpt, device)
+        # The prompt is tokenized once per trial (the tokenizer is read from disk).
+        ids = _prompt_ids(ckpt, model.config.vocab_size, device) if inference else None
+        if ids is not None:
+            trial["first_token_s"] = first_token(model, ids)
         verify_start = time.perf_counter()
         verified, mismatches = checksums.verify(models.state(model), ckpt.tensors, device)
         trial["verify_s"] = time.perf_counter() - verify_start
@@ -156,7 +155,7 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
             log(f"{len(mismatches)} tensor(s) do not match the manifest, first: "
                 f"{mismatches[0]['tensor']}: {mismatches[0]['problem']}")
         elif inference:
-            trial.update(generate(model, ckpt, device, *inference))
+            trial.update(generate(model, ids, *inference))
     except Exception as e:
         trial.update(status="error", error=error_info(e, where(e)))
         log(f"after the load: {type(e).__name__}: {' '.join(str(e).split())}")
