@@ -36,6 +36,18 @@ class LoadContext:
         return self._config
 
 
+def option_env(options: Mapping[str, Any], variables: Mapping[str, str]) -> dict[str, str | None]:
+    """The library's environment variables for these options (option field -> variable):
+    None where the option is unset, so the library's own default applies; booleans as 1/0."""
+    out: dict[str, str | None] = {}
+    for field_name, var in variables.items():
+        value = options.get(field_name)
+        if isinstance(value, bool):
+            value = int(value)
+        out[var] = None if value is None else str(value)
+    return out
+
+
 @contextlib.contextmanager
 def scoped_env(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set (or, for None, remove) variables for one load, then restore them exactly.

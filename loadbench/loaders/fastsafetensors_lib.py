@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext, scoped_env
+from loadbench.loaders.context import LoadContext, option_env, scoped_env
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
 ODIRECT = "FASTSAFETENSORS_ODIRECT"
@@ -44,8 +44,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"nogds": True if nogds is None else nogds}
     if ctx.options.get("max_threads"):
         kwargs["max_threads"] = ctx.options["max_threads"]
-    odirect = ctx.options.get("odirect")
-    env = {ODIRECT: None if odirect is None else ("1" if odirect else "0")}
+    env = option_env(ctx.options, {"odirect": ODIRECT})
     files = weight_files(ctx.checkpoint.folder)
     with scoped_env(env):
         direct = _reads_direct(files[0])

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext, scoped_env
+from loadbench.loaders.context import LoadContext, option_env, scoped_env
 from loadbench.loaders.safetensors_lib import assign
 
 FILE = "model.flashpack"
@@ -48,10 +48,7 @@ def save(model: torch.nn.Module, tokenizer: Any, folder: str, shard_bytes: int |
 
 
 def _env(ctx: LoadContext) -> dict[str, str | None]:
-    env: dict[str, str | None] = {}
-    for opt, var in ENV.items():
-        value = ctx.options.get(opt)
-        env[var] = None if value is None else (str(int(value)) if isinstance(value, bool) else str(value))
+    env = option_env(ctx.options, ENV)
     if ctx.device.type == "cpu":
         env["FLASHPACK_CPU_PARALLEL_READ"] = "1"
     return env

@@ -10,12 +10,11 @@ streamer's default.
 from __future__ import annotations
 
 import os
-from typing import Mapping
 
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext, scoped_env
+from loadbench.loaders.context import LoadContext, option_env, scoped_env
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
 ENV = {"concurrency": "RUNAI_STREAMER_CONCURRENCY", "chunk_bytes": "RUNAI_STREAMER_CHUNK_BYTESIZE"}
@@ -25,14 +24,9 @@ def import_package() -> None:
     import runai_model_streamer  # noqa: F401
 
 
-def streamer_env(options: Mapping[str, object]) -> dict[str, str | None]:
-    """The streamer's variables for these options; None where its own default applies."""
-    return {var: (None if options.get(opt) is None else str(options[opt])) for opt, var in ENV.items()}
-
-
 def load(ctx: LoadContext) -> torch.nn.Module:
     from runai_model_streamer import SafetensorsStreamer
-    env = streamer_env(ctx.options)
+    env = option_env(ctx.options, ENV)
     ctx.info.update({k: (v if v is not None else "library default") for k, v in env.items()})
     ctx.io_mode = "buffered reads (page cache), " + ", ".join(
         f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV)
