@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
 
 from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TRANSIENT, BadInput, Transient, one_line
+from loadbench.terminal import logger
 
 EXIT_CODES = """exit codes:
   0    every trial (or the save) succeeded
@@ -57,17 +57,13 @@ def _env_only(prog: str, description: str, names: tuple[str, ...] | None, exampl
     ap.parse_args(sys.argv[1:] if argv is None else argv)  # exits 0 on --help, 2 on junk
 
 
-def _log(prefix: str) -> Callable[[str], None]:
-    return lambda message: print(f"{prefix}: {message}", file=sys.stderr, flush=True)
-
-
 def save_main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     _env_only("save_models.py", "Save MODEL_ID in every format the requested libraries read, with a "
               "checksum of every tensor in manifest.json (written last).", SAVE_VARS,
               "MODEL_ID=random/gpt-j-6b DEVICE=cuda python save_models.py", argv)
     from loadbench import config
     from loadbench.measure import saving
-    log = _log("save_models")
+    log = logger("save_models")
     env = dict(os.environ if environ is None else environ)
     try:
         cfg = config.load(env)

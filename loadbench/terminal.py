@@ -11,6 +11,11 @@ import time
 from typing import Callable, Sequence
 
 
+def logger(prefix: str) -> Callable[[str], None]:
+    """Progress and problems go to stderr, one `prefix: message` line each; stdout stays data."""
+    return lambda message: print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+
+
 def text_table(table: Sequence[Sequence[str]], wrap: int = 0) -> str:
     """Left-aligned columns; the first row is the header. Cells longer than
     `wrap` are wrapped onto continuation lines, never cut."""

@@ -20,6 +20,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 from loadbench import schema
+from loadbench.terminal import logger
 
 if TYPE_CHECKING:
     from loadbench.analysis import summary as report
@@ -50,8 +51,7 @@ could not be written; 2 bad arguments (unknown option, RESULTS_DIR not a
 folder, --out not a folder, unknown --format)."""
 
 
-def _log(message: str) -> None:
-    print(f"plot_results: {message}", file=sys.stderr, flush=True)
+_log = logger("plot_results")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

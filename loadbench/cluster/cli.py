@@ -8,9 +8,9 @@ Every problem with a pod, a line or a file is one line on stderr.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from loadbench.cluster import collect as cluster
+from loadbench.terminal import logger
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context")
     args = ap.parse_args(argv)
 
-    def progress(msg: str) -> None:
-        print(f"collect: {msg}", file=sys.stderr, flush=True)
+    progress = logger("collect")
 
     try:
         api, namespace = cluster.client_api(args.kubeconfig, args.context)

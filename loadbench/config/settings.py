@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from loadbench import loaders
 from loadbench.errors import ConfigError
+from loadbench.storage.files import safe_component
 
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
@@ -232,10 +233,14 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def valid_run_id(run_id: str | None) -> bool:
+    """RUN_ID names a folder under RES_PATH: one plain component, never . or .."""
+    return bool(run_id) and bool(re.fullmatch(r"[A-Za-z0-9._-]+", run_id or "")) and run_id not in (".", "..")
+
+
 def model_slug(model_id: str) -> str:
     """A file-name-safe short name: random/gpt-j-6b -> gpt-j-6b, org/name -> name."""
-    base = str(model_id).rstrip("/").split("/")[-1] or "model"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", base)
+    return safe_component(str(model_id).rstrip("/").split("/")[-1], "model")
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     slug = model_slug(v["MODEL_ID"])
     model_path = v["MODEL_PATH"] or os.path.join("loadbench-data", "models", slug)
     run_id = v["RUN_ID"] or f"{slug}-{v['CACHE_MODE']}"
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", run_id) or run_id in (".", ".."):
+    if not valid_run_id(run_id):
         raise ConfigError(f"RUN_ID={run_id!r}: use only letters, digits, '.', '_' and '-'")
     shard = v["SHARD_SIZE"].lower()
     if shard not in ("auto", "none"):

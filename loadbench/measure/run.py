@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from loadbench import config, loaders, machine, models
+from loadbench.config.settings import valid_run_id
 from loadbench.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -248,14 +249,9 @@ class Emitter:
 
 def config_error_document(exc: BaseException, environ: dict[str, str]) -> dict[str, Any]:
     recorded = {k: environ.get(k) for k in config.settings.BY_NAME if k in environ}
-    recorded["RUN_ID"] = environ.get("RUN_ID") if _safe(environ.get("RUN_ID")) else "config-error"
+    recorded["RUN_ID"] = environ.get("RUN_ID") if valid_run_id(environ.get("RUN_ID")) else "config-error"
     doc = document.new_document("none", "config-error", {}, None, recorded, recorded)
     return fail(doc, exc, "settings")
-
-
-def _safe(run_id: str | None) -> bool:
-    import re
-    return bool(run_id) and bool(re.fullmatch(r"[A-Za-z0-9._-]+", run_id or "")) and run_id not in (".", "..")
 
 
 def main(environ: dict[str, str] | None = None, progress: Callable[[str], None] = log) -> int:

@@ -14,7 +14,6 @@ import errno
 import os
 import shutil
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -242,6 +241,3 @@ def summary(manifest: dict[str, Any]) -> str:
                      f"{e['bytes'] / med / 1e9:.2f}" if med else "-"))
     return text_table(rows)
 
-
-def log(message: str) -> None:
-    print(f"save_models: {message}", file=sys.stderr, flush=True)

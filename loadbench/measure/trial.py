@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import statistics
-import sys
 import time
 import traceback
 from typing import Any
@@ -24,13 +23,13 @@ from loadbench.measure.document import error_info, now
 from loadbench.schema.result import TRIAL_KEYS
 from loadbench.storage import cache, ceilings
 from loadbench.storage.checkpoint import Checkpoint
+from loadbench.terminal import logger
 
 PROMPT = "The quickest way to move a model from storage to a GPU is"
 FALLBACK_IDS = [2, 133, 2119, 169, 7, 517, 10, 1421, 31, 2166, 7, 10, 22858, 16]
 
 
-def log(message: str) -> None:
-    print(f"loadbench: {message}", file=sys.stderr, flush=True)
+log = logger("loadbench")
 
 
 def where(exc: BaseException) -> str:

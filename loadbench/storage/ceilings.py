@@ -23,14 +23,13 @@ import fcntl
 import json
 import mmap
 import os
-import re
 import threading
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from loadbench.storage import cache
-from loadbench.storage.files import write_json_atomic
+from loadbench.storage.files import safe_component, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -176,8 +175,7 @@ def measure(paths: list[str], device: torch.device, seconds: float,
 
 
 def node_file(res_path: str, run_id: str, node: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", node) or "node"
-    return os.path.join(res_path, run_id, "ceilings", f"{safe}.json")
+    return os.path.join(res_path, run_id, "ceilings", f"{safe_component(node, 'node')}.json")
 
 
 def for_node(res_path: str, run_id: str, node: str, paths: list[str], device: torch.device,

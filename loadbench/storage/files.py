@@ -5,12 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
 # Documents and checkpoints are read by collectors running as another user of
 # the pod's group (the PVC helper pod): group-readable, never world-writable.
 FILE_MODE = 0o640
+
+
+def safe_component(text: str, fallback: str) -> str:
+    """One path component made of letters, digits, '.', '_' and '-' (runs of others become '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text) or fallback
 
 
 def write_json_atomic(path: str, data: Any, exclusive: bool = False) -> None:
