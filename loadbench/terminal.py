@@ -29,6 +29,14 @@ def text_table(table: Sequence[Sequence[str]], wrap: int = 0) -> str:
     return "\n".join(out)
 
 
+def median_rate(seconds: Sequence[float], nbytes: int | None) -> tuple[float | None, float | None]:
+    """(median seconds, GB/s of nbytes at that median) for a terminal line; None where unknown.
+    The reports compute their statistics from the raw samples themselves (analysis/)."""
+    import statistics
+    med = statistics.median(seconds) if seconds else None
+    return med, (nbytes / med / 1e9 if med and nbytes else None)
+
+
 def human_count(n: float) -> str:
     """3448704 -> '3.4 M', 6050882784 -> '6.05 B'."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):

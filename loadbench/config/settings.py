@@ -270,10 +270,7 @@ class Settings:
 
     def record(self) -> dict[str, Any]:
         """What a result document stores: variables by their names, as resolved."""
-        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.raw.items()}
-        out.update(MODEL_PATH=self.model_path, RUN_ID=self.run_id, DTYPE=self.dtype,
-                   LIBRARIES=list(self.libraries), CEILINGS=self.ceilings)
-        return out
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.raw.items()}
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -319,7 +316,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         skip_inference=v["SKIP_INFERENCE"], max_new_tokens=v["MAX_NEW_TOKENS"],
         inference_runs=v["INFERENCE_RUNS"], ceilings=ceilings, ceiling_seconds=v["CEILING_SECONDS"],
         result_lines=v["RESULT_LINES"], options=options, identity=identity,
-        raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id))
+        raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id, CEILINGS=ceilings))
 
 
 def variants(settings: Settings) -> list[tuple[str, dict[str, Any]]]:

@@ -42,7 +42,7 @@ from loadbench.measure import document, trial
 from loadbench.measure.document import fail, now
 from loadbench.storage import ceilings
 from loadbench.storage.checkpoint import open_checkpoint
-from loadbench.terminal import text_table
+from loadbench.terminal import median_rate, text_table
 
 log = trial.log
 
@@ -206,12 +206,10 @@ class _Finished(BaseException):
 
 def summary_table(docs: list[dict[str, Any]]) -> str:
     """The terminal's table: the median of each variant's verified trials."""
-    import statistics
     rows = [("library", "io mode", "trials ok", "median s", "GB/s", "verified")]
     for doc in docs:
         ok = [x["total_s"] for x in doc["trials"] if x["status"] == "ok"]
-        med = statistics.median(ok) if ok else None
-        gbps = doc["model"]["bytes"] / med / 1e9 if med and doc.get("model") else None
+        med, gbps = median_rate(ok, (doc.get("model") or {}).get("bytes"))
         verified = "yes" if ok and len(ok) == len(doc["trials"]) else (
             (doc.get("error") or {}).get("message") or "no")
         rows.append((doc["label"], doc.get("io_mode") or "-", f"{len(ok)}/{len(doc['trials'])}",

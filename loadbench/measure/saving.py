@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import shutil
-import statistics
 import time
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ from loadbench.measure import checksums
 from loadbench.schema.manifest import MANIFEST, MANIFEST_SCHEMA
 from loadbench.storage.checkpoint import file_entries, publish, read_manifest, remove_stale, staging
 from loadbench.storage.files import write_json_atomic
-from loadbench.terminal import FolderWatch, human_bytes, human_count, text_table
+from loadbench.terminal import FolderWatch, human_bytes, human_count, median_rate, text_table
 
 HUB_SHARD = 5 << 30  # the Hub's long-standing 5 GB shards (transformers 5 defaults to 50 GB)
 SPACE_MARGIN = 1.05   # headers, config files, the filesystem's own overhead
@@ -235,9 +234,9 @@ def summary(manifest: dict[str, Any]) -> str:
         e = manifest["formats"].get(fmt)
         if not e:
             continue
-        med = statistics.median(e["save_s"]) if e["save_s"] else None
+        med, gbps = median_rate(e["save_s"], e["bytes"])
         rows.append((fmt, e["library"], str(sum(1 for f in e["files"] if f["weights"])),
                      f"{e['bytes'] / 1e9:.3f}", f"{med:.2f}" if med else "kept",
-                     f"{e['bytes'] / med / 1e9:.2f}" if med else "-"))
+                     f"{gbps:.2f}" if gbps else "-"))
     return text_table(rows)
 
