@@ -14,6 +14,8 @@ import mmap
 import os
 from typing import Callable, Iterable
 
+from loadbench.terminal import Progress
+
 COLD_LIMIT = 0.05  # a "cold" trial with more resident than this is flagged
 READ_CHUNK = 16 << 20
 
@@ -83,7 +85,6 @@ def warm(paths: Iterable[str], log: Callable[[str], None] | None = None) -> int:
     """Read the files fully so that every page is resident; returns bytes read.
 
     On a 60 GB checkpoint this takes minutes: with `log`, it shows progress."""
-    from loadbench.terminal import Progress
     paths = list(paths)
     size = sum(os.path.getsize(p) for p in paths)
     progress = Progress("warming the page cache", size, log) if log and size > PROGRESS_BYTES else None
