@@ -10,6 +10,7 @@ from loadbench.config.settings import (  # noqa: F401
     label,
     load,
     markdown_table,
+    default_paths,
     model_slug,
     variants,
 )

@@ -273,6 +273,15 @@ class Settings:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.raw.items()}
 
 
+def default_paths(model_id: str, model_path: str | None, run_id: str | None,
+                  cache_mode: str | None) -> tuple[str, str]:
+    """MODEL_PATH and RUN_ID as resolved when left empty: the one derivation, also used by
+    the local Job runner to find what a pod wrote."""
+    slug = model_slug(model_id)
+    return (model_path or os.path.join("loadbench-data", "models", slug),
+            run_id or f"{slug}-{cache_mode or 'cold'}")
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every declared variable; resolve the derived ones."""
     env = os.environ if environ is None else environ
@@ -292,9 +301,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         if not libs:
             raise ConfigError("every library is skipped (SKIP_TZR, SKIP_ST, SKIP_HF): nothing to run")
 
-    slug = model_slug(v["MODEL_ID"])
-    model_path = v["MODEL_PATH"] or os.path.join("loadbench-data", "models", slug)
-    run_id = v["RUN_ID"] or f"{slug}-{v['CACHE_MODE']}"
+    model_path, run_id = default_paths(v["MODEL_ID"], v["MODEL_PATH"], v["RUN_ID"], v["CACHE_MODE"])
     if not valid_run_id(run_id):
         raise ConfigError(f"RUN_ID={run_id!r}: use only letters, digits, '.', '_' and '-'")
     shard = v["SHARD_SIZE"].lower()
