@@ -18,8 +18,23 @@ import importlib
 import importlib.metadata
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from loadbench.errors import NotInstalled
+
+Role = Literal["product", "instrument", "baseline"]
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """What every loader module provides. A module whose registry entry says `owns_format`
+    also has `save(model, tokenizer, folder, shard_bytes)`; one that says `supports_tp` has
+    `load_tp(ctx, rank, world, plan)`; one that says `tp_files` has `tp_file(rank, world)`
+    and `save_tp(state, folder, rank, world)`. The contract test checks all of it."""
+
+    def import_package(self) -> None: ...
+
+    def load(self, ctx: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,11 @@ class Library:
     weight_suffixes: tuple[str, ...] = field(default=())
     skip: str = ""             # the seed's SKIP_* variable that leaves it out
     shards: bool = False       # its save() splits large checkpoints (SHARD_SIZE)
+    # product: a library users pick; instrument: loadbench's own line to compare with, never a
+    # pick; baseline: what most users load with today, the row others are compared to.
+    role: Role = "product"
+    supports_tp: bool = False  # its module has load_tp(ctx, rank, world, plan)
+    tp_files: bool = False     # with TP it reads per-rank files its save_tp() wrote
 
 
 INSTANT_BACKENDS = ("URING", "URING_BUFFERED", "AIO", "AIO_BUFFERED", "MMAP", "CUFILE")
@@ -63,12 +83,15 @@ LIBRARIES: tuple[Library, ...] = (
                     "tensorizer: parallel readers (its I/O mode)."),
              Option("verify_hash", "TZR_VERIFY_HASH", "bool",
                     "tensorizer: verify its own per-tensor hashes while loading (timed).", "0")),
-            owns_format=True, weight_suffixes=(".tensors",), skip="SKIP_TZR"),
+            owns_format=True, weight_suffixes=(".tensors",), skip="SKIP_TZR", supports_tp=True,
+            tp_files=True),
     Library("safetensors", "loadbench.loaders.safetensors_lib", "safetensors", "safetensors", True,
             "safetensors.torch.load_file straight onto the device, assigned into a meta skeleton",
-            owns_format=True, weight_suffixes=(".safetensors",), skip="SKIP_ST", shards=True),
+            owns_format=True, weight_suffixes=(".safetensors",), skip="SKIP_ST", shards=True,
+            supports_tp=True),
     Library("huggingface", "loadbench.loaders.huggingface_lib", "safetensors", "transformers", True,
-            "from_pretrained on the safetensors checkpoint", skip="SKIP_HF"),
+            "from_pretrained on the safetensors checkpoint", skip="SKIP_HF", role="baseline",
+            supports_tp=True),
     Library("huggingface-bin", "loadbench.loaders.huggingface_bin_lib", "bin", "transformers", True,
             "from_pretrained on a legacy pickle pytorch_model.bin (weights_only)",
             owns_format=True, weight_suffixes=(".bin",), skip="SKIP_HF"),
@@ -116,7 +139,8 @@ LIBRARIES: tuple[Library, ...] = (
             (Option("threads", "REF_THREADS", "int", "reference: reader threads.", "8"),
              Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read.", "32M"),
              Option("buffers", "REF_BUFFERS", "int",
-                    "reference: pinned buffers in the ring (each chunk_bytes).", "16"))),
+                    "reference: pinned buffers in the ring (each chunk_bytes).", "16")),
+            role="instrument", supports_tp=True),
 )
 
 BY_NAME = {lib.name: lib for lib in LIBRARIES}
@@ -126,8 +150,43 @@ FORMATS = tuple(dict.fromkeys(lib.format for lib in LIBRARIES if lib.owns_format
 FORMAT_OWNERS = {lib.format: lib.name for lib in LIBRARIES if lib.owns_format}
 
 
+SKIP_VARS = tuple(dict.fromkeys(lib.skip for lib in LIBRARIES if lib.skip))
+
+
 def get(name: str) -> Library:
     return BY_NAME[name]
+
+
+def register(lib: Library) -> None:
+    """Add a library at run time (a plug-in, or a test's toy loader): the table's derived
+    names follow. Refuses a name already taken."""
+    global LIBRARIES, NAMES, DEFAULT, FORMATS, SKIP_VARS
+    if lib.name in BY_NAME:
+        raise ValueError(f"library {lib.name!r} is already registered")
+    LIBRARIES = (*LIBRARIES, lib)
+    BY_NAME[lib.name] = lib
+    _derive()
+
+
+def unregister(name: str) -> None:
+    global LIBRARIES
+    LIBRARIES = tuple(lib for lib in LIBRARIES if lib.name != name)
+    BY_NAME.pop(name, None)
+    _derive()
+
+
+def _derive() -> None:
+    global NAMES, DEFAULT, FORMATS, SKIP_VARS
+    NAMES = tuple(BY_NAME)
+    DEFAULT = tuple(lib.name for lib in LIBRARIES if lib.default)
+    FORMATS = tuple(dict.fromkeys(lib.format for lib in LIBRARIES if lib.owns_format))
+    FORMAT_OWNERS.clear()
+    FORMAT_OWNERS.update({lib.format: lib.name for lib in LIBRARIES if lib.owns_format})
+    SKIP_VARS = tuple(dict.fromkeys(lib.skip for lib in LIBRARIES if lib.skip))
+
+
+def with_role(role: Role) -> tuple[str, ...]:
+    return tuple(lib.name for lib in LIBRARIES if lib.role == role)
 
 
 def module(name: str) -> ModuleType:

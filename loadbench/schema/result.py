@@ -32,6 +32,16 @@ Version history (as pyperf keeps one):
   load). Also checked from v2 on, and of v1 documents read today: an ok trial
   has a positive total_s, a trial does not finish before it starts, and a
   document that is ok or has ok trials names its model (bytes >= 1) and device.
+- ``loadbench.result/3``: trials gain ``index_in_process`` (how many loads the
+  process made before this one, any library: 0 is what a pod pays, the
+  headline; later ones are "repeats in a warm process"), ``storage_read_bytes``
+  and ``cache_read_bytes`` (from /proc/self/io: bytes the load read from
+  storage and from the page cache) and ``device_copy_bytes``. Ranks declare
+  every key the producer writes (node, pod, resident_before, barrier_s,
+  cache_s, started_at, finished_at and the byte counts). Documents are
+  validated against this model when they are written, not only when read.
+  Readers of v1/v2 documents take a trial's position in its document as its
+  index in the process.
 """
 
 from __future__ import annotations
@@ -53,15 +63,9 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA = "loadbench.result/2"
-READABLE = ("loadbench.result/1", "loadbench.result/2")
-LOG_PREFIX = "LOADBENCH_RESULT "
-# The keys every trial carries (the producer starts each trial from these).
-TRIAL_KEYS = ("status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
-              "ceiling", "ceiling_gbps", "ceiling_fraction", "ceiling_beaten", "peak_rss_bytes",
-              "peak_rss_method", "peak_device_bytes", "tensors_verified", "mismatches", "cache_s",
-              "verify_s", "first_token_s", "tokens_per_s", "tokens_per_s_runs", "inference_s",
-              "output_ids", "library_info", "warnings", "error", "started_at", "finished_at")
+SCHEMA = "loadbench.result/3"
+READABLE = ("loadbench.result/1", "loadbench.result/2", "loadbench.result/3")
+LOG_PREFIX = "LOADBENCH_RESULT "  # a result document as one log line: the one spelling
 
 MAX_DEPTH = 64            # deeper JSON is refused before any model sees it
 MAX_PROBLEMS = 20         # reasons listed per document; the rest are counted
@@ -205,6 +209,15 @@ class Rank(Model):
     rank: Count
     status: Optional[Literal["ok", "mismatch", "error"]] = None
     device: Optional[str] = None
+    node: Optional[str] = None
+    pod: Optional[str] = None
+    resident_before: Optional[Fraction] = None
+    barrier_s: Optional[Seconds] = None
+    cache_s: Optional[Seconds] = None
+    storage_read_bytes: Optional[Count] = None
+    cache_read_bytes: Optional[Count] = None
+    started_at: Optional[Timestamp] = None
+    finished_at: Optional[Timestamp] = None
     skeleton_s: Optional[Seconds] = None
     weights_s: Optional[Seconds] = None
     total_s: Optional[Seconds] = None
@@ -220,6 +233,10 @@ class Rank(Model):
 
 class Trial(Model):
     status: Literal["ok", "mismatch", "error"]
+    index_in_process: Optional[Count] = None
+    storage_read_bytes: Optional[Count] = None
+    cache_read_bytes: Optional[Count] = None
+    device_copy_bytes: Optional[Count] = None
     cache_mode: Optional[Mode] = None
     resident_before: Optional[Fraction] = None
     skeleton_s: Optional[Seconds] = None
@@ -360,7 +377,17 @@ class ResultV2(_Result):
     tp_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1
 
 
-MODELS: dict[str, type[_Result]] = {"loadbench.result/1": ResultV1, "loadbench.result/2": ResultV2}
+class ResultV3(ResultV2):
+    """loadbench.result/3 (written today)."""
+    model_config = ConfigDict(title="loadbench.result/3")
+    schema_: Literal["loadbench.result/3"] = Field(alias="schema")  # type: ignore[assignment]
+
+
+MODELS: dict[str, type[_Result]] = {"loadbench.result/1": ResultV1, "loadbench.result/2": ResultV2,
+                                    "loadbench.result/3": ResultV3}
+# The keys every trial and rank record carries: the producer starts each from these.
+TRIAL_KEYS = tuple(Trial.model_fields)
+RANK_KEYS = tuple(Rank.model_fields)
 
 
 def _in_order(started: str | None, finished: str | None) -> None:
@@ -452,7 +479,7 @@ def problems(doc: Any) -> list[str]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of every readable version, chosen by the `schema` key."""
     from pydantic import TypeAdapter
-    union = Annotated[Union[ResultV1, ResultV2], Field(discriminator="schema_")]
+    union = Annotated[Union[ResultV1, ResultV2, ResultV3], Field(discriminator="schema_")]
     out = TypeAdapter(union).json_schema(by_alias=True)
     out["$defs"]["Ceilings"]["additionalProperties"] = {"anyOf": [
         {"$ref": "#/$defs/Ceiling"}, {"type": "array", "items": {"type": "string"}}, PLAIN_JSON]}
