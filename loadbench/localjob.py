@@ -4,10 +4,15 @@ import sys
 
 from loadbench.cluster.localjob import (  # noqa: F401
     ConfigMap,
+    GPUPool,
+    JobPolicy,
     JobResult,
     ManifestError,
     PodRun,
+    PodSpec,
+    cleanup,
     configmaps_for,
+    failure_action,
     load_jobs,
     main,
     pod_command,

@@ -132,7 +132,25 @@ def meta_parameters() -> Iterator[None]:
 
 
 def skeleton(config: Any, dtype: torch.dtype) -> torch.nn.Module:
-    """The model with every parameter on the meta device, ready to be filled."""
+    """The model with every parameter on the meta device, ready to be filled.
+
+    Inside every loader's clock, so it must be cheap: transformers' weight
+    initialisation is skipped (it only fills parameters that the load replaces,
+    and costs 0.1-0.5 s on meta tensors for a 7B model), while buffers such as
+    rotary frequencies are still computed by the modules' constructors. Shared
+    weights are tied as `post_init` would. tests/unit/test_models.py proves the
+    result equal to a fully initialised skeleton on every built-in model."""
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+    with meta_parameters(), no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()
+    return model.eval()
+
+
+def initialised_skeleton(config: Any, dtype: torch.dtype) -> torch.nn.Module:
+    """The skeleton as transformers builds it, with its weight initialisation: the
+    oracle `skeleton()` is checked against, never timed."""
     from transformers import AutoModelForCausalLM
     with meta_parameters():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

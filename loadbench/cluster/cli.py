@@ -1,8 +1,9 @@
 """collect_results.py: arguments in, a summary out.
 
-Exit 0 when at least one document is now in --out (written or already
-there), 1 when nothing usable came back or the cluster could not be reached.
-Every problem with a pod, a line or a file is one line on stderr.
+Exit codes (loadbench.errors): 0 when at least one document is now in --out
+(written or already there), 1 when nothing usable came back or the cluster
+could not be reached, 130 when interrupted. Every problem with a pod, a line
+or a file is one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from loadbench.cluster import collect as cluster
+from loadbench.errors import EXIT_FAILED, EXIT_OK, exit_code
 from loadbench.terminal import logger
 
 
@@ -44,17 +46,17 @@ def main(argv: list[str] | None = None) -> int:
             report = cluster.from_logs(api, namespace, args.selector, args.out, progress)
     except cluster.CollectError as e:
         progress(f"error: {e}")
-        return 1
-    except KeyboardInterrupt:
+        return exit_code(e)
+    except KeyboardInterrupt as e:
         progress("interrupted")
-        return 130
+        return exit_code(e)
     except Exception as e:  # the API server unreachable, refused, ...: one line, no traceback
         status = getattr(e, "status", None)
         progress(f"error: {type(e).__name__}{f' {status}' if status else ''}: "
                  f"{' '.join(str(getattr(e, 'reason', None) or e).split())[:300]}; check the "
                  "cluster is reachable (kubectl get pods) and your permissions in the namespace")
-        return 1
+        return exit_code(e)
     for line in cluster.iter_lines(report):
         progress(line)
     progress(f"done: {report.summary()} in {args.out}")
-    return 0 if (report.written or report.unchanged) else 1
+    return EXIT_OK if (report.written or report.unchanged) else EXIT_FAILED

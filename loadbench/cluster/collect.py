@@ -75,7 +75,9 @@ def client_api(kubeconfig: str | None = None, context: str | None = None) -> tup
     The namespace is the kubeconfig context's, or the pod's own in-cluster,
     as kubectl would use.
     """
-    from kubernetes import client, config
+    from kubernetes import client  # imported when used: collect_results --help stays quick
+    from kubernetes import config as kube_config
+    config: Any = kube_config  # its functions are unannotated: called as Any under any mypy settings
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
         try:
@@ -286,13 +288,6 @@ def read_log(api: Any, name: str, namespace: str, limit: int = MAX_LOG_BYTES) ->
     return text, size > limit
 
 
-def _lines(text: str, prefix: str) -> Iterable[tuple[int, str]]:
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if line.startswith(prefix):
-            yield lineno, line[len(prefix):]
-
-
 def _parse(payload: str) -> tuple[Any, str | None]:
     try:
         return json.loads(payload), None
@@ -302,36 +297,55 @@ def _parse(payload: str) -> tuple[Any, str | None]:
         return None, f"not valid JSON: {_short(e, 200)}"
 
 
+def _each_record(text: str, prefix: str, report: Report, where: Callable[[int], str],
+                 not_a_record: Callable[[Any], str], handle: Callable[[str, dict[str, Any], int], None]
+                 ) -> int:
+    """Hand each `prefix` line's JSON object to handle(where, record, n), n counting those lines;
+    returns how many there were. Bad JSON, not an object, or anything handle raises is that
+    line's entry in the report and never stops the rest."""
+    n = 0
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.startswith(prefix):
+            continue
+        n += 1
+        here = where(lineno)
+        try:
+            record, why = _parse(line[len(prefix):])
+            if why is None and not isinstance(record, dict):
+                why = not_a_record(record)
+            if why is not None:
+                report.invalid.append((here, why))
+                continue
+            handle(here, record, n)
+        except Exception as e:  # RecursionError, MemoryError, anything: this line only
+            report.invalid.append((here, f"not processed: {_why(e)}"))
+    return n
+
+
 def _log_results(text: str, pod: str, uid: str, dest: str, report: Report) -> int:
     """Store every LOADBENCH_RESULT line of one pod's log; returns how many there were."""
     pod_name, _ = safe_name(pod, "pod")
     uid_name = re.sub(r"[^A-Za-z0-9]", "", str(uid or ""))[:8]
-    n = 0
-    for lineno, payload in _lines(text, results.LOG_PREFIX):
-        n += 1
-        where = f"pod {_short(pod)} log line {lineno}"
-        try:
-            doc, why = _parse(payload)
-            if why:
-                report.invalid.append((where, why))
-                continue
-            if not isinstance(doc, dict):
-                report.invalid.append((where, "; ".join(results.problems(doc))))
-                continue
-            run_id, run_changed = safe_name(doc.get("run_id"))
-            label, label_changed = safe_name(doc.get("label"))
-            parts = [run_id, label, f"{pod_name}-{uid_name}-{n}.json"]
-            before = len(report.written) + len(report.unchanged)
-            store(doc, parts, dest, report, where)
-            if len(report.written) + len(report.unchanged) > before:
-                for key, changed, value in (("run_id", run_changed, run_id),
-                                            ("label", label_changed, label)):
-                    if changed:
-                        report.renamed.append((where, f"{key} {_short(doc.get(key))!r} is not a "
-                                                      f"plain folder name: stored under {value!r}"))
-        except Exception as e:  # RecursionError, MemoryError, anything: this line only
-            report.invalid.append((where, f"not processed: {_why(e)}"))
-    return n
+
+    def handle(where: str, doc: dict[str, Any], n: int) -> None:
+        run_id, run_changed = safe_name(doc.get("run_id"))
+        label, label_changed = safe_name(doc.get("label"))
+        parts = [run_id, label, f"{pod_name}-{uid_name}-{n}.json"]
+        before = len(report.written) + len(report.unchanged)
+        store(doc, parts, dest, report, where)
+        if len(report.written) + len(report.unchanged) > before:
+            for key, changed, value in (("run_id", run_changed, run_id), ("label", label_changed, label)):
+                if changed:
+                    report.renamed.append((where, f"{key} {_short(doc.get(key))!r} is not a "
+                                                  f"plain folder name: stored under {value!r}"))
+
+    return _each_record(text, results.LOG_PREFIX, report, lambda n: f"pod {_short(pod)} log line {n}",
+                        lambda doc: "; ".join(results.problems(doc)), handle)
+
+
+def _cut(report: Report, pod: str) -> None:
+    report.failed.append((f"pod {pod}", f"log longer than {MAX_LOG_BYTES >> 20} MiB: read up to there"))
 
 
 def from_logs(api: Any, namespace: str, selector: str, dest: str,
@@ -351,8 +365,7 @@ def from_logs(api: Any, namespace: str, selector: str, dest: str,
         try:
             text, cut = read_log(api, name, namespace)
             if cut:
-                report.failed.append((f"pod {_short(name)}", f"log longer than {MAX_LOG_BYTES >> 20} "
-                                                             "MiB: read up to there"))
+                _cut(report, _short(name))
             n = _log_results(text, name, getattr(pod.metadata, "uid", None) or "", dest, report)
         except Exception as e:  # deleted meanwhile, API error, connection reset: this pod only
             report.failed.append((f"pod {_short(name)}", f"log could not be read: {_why(e)}"))
@@ -402,33 +415,23 @@ def _waiting_reason(pod: Any) -> str:
 def _parse_files(text: str, dest: str, report: Report, prefix: str) -> None:
     """Store what the helper printed: one `LOADBENCH_FILE {"path", "doc"|"error"}` per file."""
     base = [prefix] if prefix else []
-    for lineno, payload in _lines(text, FILE_PREFIX):
-        where = f"helper log line {lineno}"
-        try:
-            record, why = _parse(payload)
-            if why:
-                report.invalid.append((where, why))
-                continue
-            if not isinstance(record, dict):
-                report.invalid.append((where, "not a {path, doc} record"))
-                continue
-            if "path" in record:
-                where = _short(record["path"], 200) if isinstance(record["path"], str) else where
-            if "error" in record:
-                report.invalid.append((where, f"on the volume: {_short(record['error'], 300)}"))
-                continue
-            parts, why = relative_parts(record.get("path"))
-            if why:
-                report.invalid.append((where, why))
-                continue
-            if "doc" not in record:
-                report.invalid.append((where, "record has no document"))
-                continue
-            if other_kind(record["doc"]):  # a node's ceilings file: not a result, stays on the volume
-                continue
+
+    def handle(where: str, record: dict[str, Any], n: int) -> None:
+        if isinstance(record.get("path"), str):
+            where = _short(record["path"], 200)
+        if "error" in record:
+            report.invalid.append((where, f"on the volume: {_short(record['error'], 300)}"))
+            return
+        parts, why = relative_parts(record.get("path"))
+        if parts is None:
+            report.invalid.append((where, why or "path refused"))
+        elif "doc" not in record:
+            report.invalid.append((where, "record has no document"))
+        elif not other_kind(record["doc"]):  # a node's ceilings file: not a result, stays on the volume
             store(record["doc"], base + parts, dest, report, where)
-        except Exception as e:  # this record only
-            report.invalid.append((where, f"not processed: {_why(e)}"))
+
+    _each_record(text, FILE_PREFIX, report, lambda n: f"helper log line {n}",
+                 lambda record: "not a {path, doc} record", handle)
 
 
 def from_pvc(api: Any, namespace: str, claim: str, image: str, dest: str, results_path: str = "",
@@ -472,8 +475,7 @@ def from_pvc(api: Any, namespace: str, claim: str, image: str, dest: str, result
             raise CollectError(f"could not read the log of helper pod {name}: {_why(e)}") from e
         report = Report()
         if cut:
-            report.failed.append((f"pod {name}", f"log longer than {MAX_LOG_BYTES >> 20} MiB: "
-                                                 "read up to there"))
+            _cut(report, name)
         _parse_files(text, dest, report, results_path)
         return report
     finally:  # also on Ctrl-C: never leave the helper behind

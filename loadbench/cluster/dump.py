@@ -9,6 +9,10 @@ The volume is written by pods, so it is read as untrusted: symbolic links are
 reported, never followed; only regular files are opened; a file that cannot be
 parsed is reported and the dump goes on. The collector checks every path and
 document again on its side.
+
+Exit 0 when the folder was read (whatever its files held); 2 (bad input) when
+the arguments are wrong or RESULTS_DIR is not a folder: no retry of the
+helper pod would find it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import sys
 from typing import Any
 
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_OK
 from loadbench.schema import display, read_json, walk
 
 PREFIX = "LOADBENCH_FILE "
@@ -39,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m loadbench.cluster.dump RESULTS_DIR", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     root = args[0]
     if not os.path.isdir(root):
         print(f"dump: {root} does not exist (no results yet?)", file=sys.stderr)
-        return 3
+        return EXIT_BAD_INPUT
     count = skipped = 0
     for path, why in walk(root):
         rel = display(os.path.relpath(path, root))
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped += why is not None
     sys.stdout.flush()
     print(f"dump: {count} file(s) under {root}, {skipped} not readable", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from loadbench import loaders
+from loadbench.cluster.manifests import read_env_file
 from loadbench.config import settings as config
-from loadbench.errors import EXIT_BAD_INPUT, ConfigError
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, exit_code
 
 MATRIX, MATRIX_SEED = "MATRIX", "MATRIX_SEED"
 APP_DIR = Path(__file__).resolve().parents[2]  # the image's /app
@@ -164,12 +165,7 @@ def _exec(script: str, environ: dict[str, str]) -> int:
     print(f"matrix: index {raw} is round {round_no}, {variant} "
           f"({len(found)} variants, MATRIX_SEED={s})", file=sys.stderr, flush=True)
     os.execve(sys.executable, [sys.executable, script], environ)
-    return 0  # not reached
-
-
-def _read_env_file(path: str) -> dict[str, str]:
-    from loadbench.cluster.localjob import read_env_file
-    return read_env_file(path)
+    return EXIT_OK  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     environ: dict[str, str] = {}
     try:
         for path in args.env_file:
-            environ.update(_read_env_file(path))
+            environ.update(read_env_file(path))
     except (OSError, ValueError) as e:
         print(f"matrix: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -202,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = plan(environ, n)
     except ConfigError as e:
         print(f"matrix: configuration error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_code(e)
     print(f"{len(found)} variants, MATRIX_SEED={seed(environ)}, {n} completions "
           f"({n // len(found)} full round(s){', one partial' if n % len(found) else ''})")
     width = len(str(n - 1))
@@ -212,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {n} completions is not a multiple of {len(found)} variants: the last round "
               f"runs {n % len(found)} of them; use completions = {len(found)} x rounds "
               f"(e.g. {len(found) * max(1, math.ceil(n / len(found)))})", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

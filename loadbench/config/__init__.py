@@ -7,10 +7,10 @@ from loadbench.config.settings import (  # noqa: F401
     SETTINGS,
     Setting,
     Settings,
+    default_paths,
     label,
     load,
     markdown_table,
-    default_paths,
     model_slug,
     variants,
 )

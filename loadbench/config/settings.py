@@ -203,11 +203,15 @@ SETTINGS: tuple[Setting, ...] = (
             "a warm-up, and the first token right after the load is timed on its own.", "integer >= 1"),
     Setting("INFERENCE_RUNS", _int(1), "3", "Timed generations per trial for tokens/s.",
             "integer >= 1"),
-    Setting("CEILINGS", _choice(("0", "1", "reuse", "measure")), "reuse",
-            "Machine limits (storage read, page-cache read, host-to-device). reuse: the first pod "
-            "on a node measures them into RES_PATH/<RUN_ID>/ceilings/<node>.json under a lock and "
-            "later pods reuse them; measure (or 1): measure in this pod; 0: none.",
-            "reuse, measure, 1, 0"),
+    Setting("CEILINGS", _choice(("0", "1", "reuse", "fresh", "measure")), "reuse",
+            "Machine limits (storage read for one and for N concurrent readers, page-cache read, "
+            "host-to-device). reuse: the first pod on a node measures them into "
+            "RES_PATH/ceilings/<node>-<device>-<filesystem>.json under a lock, and every later pod of "
+            "any run reuses them within CEILINGS_TTL; fresh: measure again and store; measure (or 1): "
+            "measure in this pod only; 0: none.", "reuse, fresh, measure, 1, 0"),
+    Setting("CEILINGS_TTL", _float(0), "86400",
+            "Seconds a node's stored ceilings stay valid for CEILINGS=reuse (default 24 h).",
+            "number >= 0"),
     Setting("CEILING_SECONDS", _float(0.1), "8",
             "Time bound of each ceiling measurement, in seconds.", "number >= 0.1"),
     Setting("RESULT_LINES", _choice(("auto", "0", "1")), "auto",
@@ -261,8 +265,9 @@ class Settings:
     skip_inference: bool
     max_new_tokens: int
     inference_runs: int
-    ceilings: str            # reuse | measure | off
+    ceilings: str            # reuse | fresh | measure | off
     ceiling_seconds: float
+    ceilings_ttl_s: float
     result_lines: str
     options: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
     identity: Mapping[str, Any] = field(default_factory=dict)
@@ -314,7 +319,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             options.setdefault(s.library, {})[s.option] = v[s.name] or (None,)
     identity = {k: v[k] for k in ("JOB_NAME", "JOB_COMPLETION_INDEX", "POD_NAME", "POD_UID",
                                   "NODE_NAME", "POD_NAMESPACE")}
-    ceilings = {"1": "measure", "measure": "measure", "0": "off", "reuse": "reuse"}[v["CEILINGS"]]
+    ceilings = {"1": "measure", "measure": "measure", "0": "off", "reuse": "reuse",
+                "fresh": "fresh"}[v["CEILINGS"]]
     return Settings(
         model_id=v["MODEL_ID"], model_path=model_path, dtype=dtype, random_seed=v["RANDOM_SEED"],
         shard_size=shard, tp_size=v["TP_SIZE"], num_trials=v["NUM_TRIALS"], res_path=v["RES_PATH"],
@@ -322,6 +328,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         libraries=libs, device=v["DEVICE"], cache_mode=v["CACHE_MODE"],
         skip_inference=v["SKIP_INFERENCE"], max_new_tokens=v["MAX_NEW_TOKENS"],
         inference_runs=v["INFERENCE_RUNS"], ceilings=ceilings, ceiling_seconds=v["CEILING_SECONDS"],
+        ceilings_ttl_s=v["CEILINGS_TTL"],
         result_lines=v["RESULT_LINES"], options=options, identity=identity,
         raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id, CEILINGS=ceilings))
 

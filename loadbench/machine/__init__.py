@@ -173,3 +173,25 @@ class PeakRSS:
         else:
             self.peak = max(self.peak, _hwm_bytes() or 0)
         self.peak = max(self.peak, _rss_bytes())
+
+
+def io_counters() -> tuple[int, int] | None:
+    """(read_bytes, rchar) of this process from /proc/self/io, threads included; None where the
+    kernel does not expose it. read_bytes is what the process made storage fetch; rchar what
+    its read calls returned, page-cache hits included (mmap faults count in neither)."""
+    try:
+        with open("/proc/self/io") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["read_bytes"]), int(fields["rchar"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def io_delta(before: tuple[int, int] | None) -> dict[str, int | None]:
+    """Bytes this process read from storage, and from the page cache, since `before`."""
+    after = io_counters()
+    if before is None or after is None:
+        return {"storage_read_bytes": None, "cache_read_bytes": None}
+    storage = max(0, after[0] - before[0])
+    return {"storage_read_bytes": storage,
+            "cache_read_bytes": max(0, (after[1] - before[1]) - storage)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from loadbench import machine
 from loadbench.config import Settings
 from loadbench.errors import one_line
-from loadbench.schema.result import LOG_PREFIX, SCHEMA
+from loadbench.schema.result import LOG_PREFIX, MODELS, SCHEMA, check
 from loadbench.storage.files import write_json_atomic
 
 
@@ -53,6 +54,15 @@ def new_document(library: str, label: str, options: dict[str, Any], settings: Se
     }
 
 
+def where(exc: BaseException) -> str:
+    """file:line in function of the innermost frame that raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
+
+
 def error_info(exc: BaseException, where: str) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": one_line(exc).split(": ", 1)[-1], "where": where}
 
@@ -78,8 +88,23 @@ def file_name(doc: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name) + ".json"
 
 
+class InvalidDocument(ValueError):
+    """The producer built a document its own schema refuses: a bug in loadbench."""
+
+
+def validate(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document, checked against the model of the version it claims, before it leaves
+    the pod: a producer bug is caught where it is made, not by a reader days later."""
+    reasons = check(MODELS[doc["schema"]], doc)
+    if reasons:
+        raise InvalidDocument(f"the {doc.get('label')!r} document fails its own schema "
+                              f"{doc['schema']}: " + "; ".join(reasons))
+    return doc
+
+
 def write(doc: dict[str, Any], res_path: str) -> str:
     """RES_PATH/<run_id>/<label>/<unique>.json, created exclusively through a link."""
+    validate(doc)
     folder = os.path.join(res_path, doc.get("run_id") or "unknown", doc["label"])
     while True:
         path = os.path.join(folder, file_name(doc))
@@ -91,4 +116,5 @@ def write(doc: dict[str, Any], res_path: str) -> str:
 
 
 def log_line(doc: dict[str, Any]) -> str:
+    validate(doc)
     return LOG_PREFIX + json.dumps(doc, separators=(",", ":"), allow_nan=False)

@@ -18,192 +18,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from typing import Any, Callable
 
-import torch
-
-from loadbench import config, loaders, machine, models
+from loadbench import config, machine
 from loadbench.config.settings import valid_run_id
-from loadbench.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_NOT_WRITTEN,
-    EXIT_OK,
-    EXIT_TRANSIENT,
-    BadInput,
-    ConfigError,
-    NeedsCUDA,
-    Transient,
-    one_line,
-)
-from loadbench.loaders.context import LoadContext
-from loadbench.measure import document, trial
-from loadbench.measure.document import fail, now
-from loadbench.storage import ceilings
-from loadbench.storage.checkpoint import open_checkpoint
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_NOT_WRITTEN, EXIT_OK, ConfigError, one_line
+from loadbench.measure import document
+from loadbench.measure.document import fail
+from loadbench.measure.pod import Finished, PodClock, PodState, Terminated, log, raise_terminated
+from loadbench.measure.tp_launch import multinode
+from loadbench.measure.tp_parent import Ranks
+from loadbench.measure.variant import SingleProcess, Strategy, run_variant
 from loadbench.terminal import median_rate, text_table
-
-log = trial.log
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGINT arrived: finish the document in flight, then exit 128+N."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
-
-
-class Pod:
-    """The pod's clock: phases since the process started, shared by its documents."""
-
-    def __init__(self) -> None:
-        self.started = machine.process_started_at()
-        self.phases: list[dict[str, Any]] = [
-            {"name": "startup and imports", "seconds": max(0.0, time.time() - self.started)}]
-        self._t = time.perf_counter()
-
-    def phase(self, name: str) -> None:
-        """Close the phase that ran since the last call, under `name`."""
-        t = time.perf_counter()
-        self.phases.append({"name": name, "seconds": t - self._t})
-        self._t = t
-
-    def record(self, own: list[dict[str, Any]]) -> dict[str, Any]:
-        from datetime import datetime, timezone
-        return {"process_started_at": datetime.fromtimestamp(self.started, timezone.utc).isoformat(),
-                "phases": self.phases + own, "total_s": max(0.0, time.time() - self.started)}
-
-
-def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device,
-                  shared: dict[str, Any]) -> dict[str, Any] | None:
-    if cfg.ceilings == "off":
-        return None
-    if "ceilings" not in shared:
-        if cfg.ceilings == "measure":
-            shared["ceilings"] = dict(ceilings.measure(paths, device, cfg.ceiling_seconds, log),
-                                      source="measured")
-        else:
-            node = cfg.identity.get("NODE_NAME") or machine.identity({})["node"]
-            shared["ceilings"] = ceilings.for_node(cfg.res_path, cfg.run_id, node, paths, device,
-                                                   cfg.ceiling_seconds, log)
-    return shared["ceilings"]
-
-
-def library_document(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device
-                     ) -> dict[str, Any]:
-    """A new document for one library variant (never raises: failures go into it)."""
-    doc = document.new_document(lib, config.label(lib, options), options, cfg)
-    doc["settings"]["DEVICE_RESOLVED"] = str(device)
-    return doc
-
-
-def require(lib: str, cfg: config.Settings, device: torch.device, doc: dict[str, Any]) -> Any:
-    """The library's module, imported, with versions and device recorded; bad input raises."""
-    mod = loaders.require(lib)
-    doc["versions"] = machine.versions()
-    doc["device"] = machine.device_info(device)
-    if loaders.get(lib).needs_cuda and device.type != "cuda":
-        raise NeedsCUDA(f"library {lib!r} needs CUDA: it loads only onto CUDA devices, and "
-                        f"DEVICE={cfg.device} resolved to {device}; run it on a GPU node or drop "
-                        f"it from LIBRARIES")
-    return mod
-
-
-def run_library(lib: str, options: dict[str, Any], cfg: config.Settings, device: torch.device,
-                shared: dict[str, Any], pod: Pod) -> tuple[dict[str, Any], int]:
-    doc = library_document(lib, options, cfg, device)
-    label, spec = doc["label"], loaders.get(lib)
-    own: list[dict[str, Any]] = []
-    t = time.perf_counter()
-    done = 0
-    try:
-        mod = require(lib, cfg, device, doc)
-        ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
-        doc["model"] = dict(ckpt.manifest["model"], format=spec.format, file_bytes=ckpt.bytes,
-                            files=len(ckpt.files))
-        before = time.perf_counter()
-        doc["ceilings"] = node_ceilings(cfg, ckpt.weight_files, device, shared)
-        if doc["ceilings"] is not None and "ceilings_s" not in shared:
-            shared["ceilings_s"] = time.perf_counter() - before
-            own.append({"name": "ceilings", "seconds": shared["ceilings_s"]})
-        dtype = models.DTYPES[cfg.dtype]
-        # Import the architecture's modeling code once per pod, untimed: the first
-        # library would otherwise pay for every library's imports.
-        if "warmed" not in shared:
-            models.skeleton(LoadContext(ckpt, device, dtype, options).config, dtype)
-            shared["warmed"] = True
-        own.append({"name": "prepare", "seconds": time.perf_counter() - t
-                    - sum(p["seconds"] for p in own)})
-        inference = None if cfg.skip_inference else (cfg.max_new_tokens, cfg.inference_runs)
-        code = EXIT_OK
-        t = time.perf_counter()
-        for i in range(cfg.num_trials):
-            one, ctx = trial.run_trial(mod, ckpt, device, dtype, options, cfg.cache_mode,
-                                       doc["ceilings"], inference)
-            doc["trials"].append(one)
-            done = i + 1
-            doc["io_mode"] = ctx.io_mode or doc["io_mode"]
-            doc["warnings"].extend(one.get("warnings") or [])
-            log(trial.line(label, i, cfg.num_trials, one))
-            if one["status"] != "ok":
-                code = EXIT_FAILED
-        own.append({"name": "trials", "seconds": time.perf_counter() - t})
-        beaten = sorted({x["ceiling"] for x in doc["trials"] if x.get("ceiling_beaten")})
-        if beaten and doc["ceilings"] is not None:
-            doc["ceilings"]["unreliable"] = beaten
-        if code:
-            trials_failed(doc)
-    except Terminated as e:
-        raise terminated(doc, e, done, cfg.num_trials, pod, own) from None
-    except Exception as e:
-        code = failure(doc, e, label)
-    doc["finished_at"] = now()
-    doc["pod"] = pod.record(own)
-    return doc, code
-
-
-def failure(doc: dict[str, Any], e: Exception, label: str) -> int:
-    """Record a library's failure in its document, say it in one line, return the exit code."""
-    fail(doc, e, trial.where(e))
-    if isinstance(e, (BadInput, Transient)):
-        log(f"{label}: {one_line(e)}")
-        return EXIT_BAD_INPUT if isinstance(e, BadInput) else EXIT_TRANSIENT
-    log(f"{label}: unexpected {one_line(e)} (at {trial.where(e)})")
-    return EXIT_FAILED
-
-
-def trials_failed(doc: dict[str, Any]) -> None:
-    """Mark a document whose trials did not all verify, naming the first problem."""
-    bad = [x for x in doc["trials"] if x["status"] != "ok"]
-    doc["status"] = "error"
-    doc["error"] = {"type": "TrialFailed", "where": "trials",
-                    "message": f"{len(bad)} of {len(doc['trials'])} trial(s) failed; "
-                               f"first: {trial.problem(bad[0])}"}
-
-
-def terminated(doc: dict[str, Any], e: Terminated, done: int, total: int, pod: Pod,
-               own: list[dict[str, Any]], extra: str = "") -> _Finished:
-    """The error document of a library cut short by a signal, ready to be emitted."""
-    fail(doc, e, f"trial {done + 1}")
-    doc["error"]["message"] = (f"terminated by {e} during trial {done + 1} of {total}; "
-                               f"{done} trial(s) done are kept{extra}")
-    doc["finished_at"] = now()
-    doc["pod"] = pod.record(own)
-    return _Finished(doc, 128 + e.signum)
-
-
-class _Finished(BaseException):
-    """Carries the last document out of a terminated run."""
-
-    def __init__(self, doc: dict[str, Any], code: int) -> None:
-        super().__init__(code)
-        self.doc, self.code = doc, code
 
 
 def summary_table(docs: list[dict[str, Any]]) -> str:
@@ -254,22 +80,21 @@ def config_error_document(exc: BaseException, environ: dict[str, str]) -> dict[s
     return fail(doc, exc, "settings")
 
 
-def main(environ: dict[str, str] | None = None, progress: Callable[[str], None] = log) -> int:
-    pod = Pod()
+def main(environ: dict[str, str] | None = None) -> int:
+    clock = PodClock()
     env = dict(os.environ if environ is None else environ)
-    old = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _main(env, pod)
+        return _main(env, clock)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def _main(env: dict[str, str], pod: Pod) -> int:
-    from loadbench.measure import tp
+def _main(env: dict[str, str], clock: PodClock) -> int:
     try:
         cfg = config.load(env)
-        multi = tp.multinode(env, cfg.tp_size)  # WORLD_SIZE>1: this pod is one rank of a group of pods
+        multi = multinode(env, cfg.tp_size)  # WORLD_SIZE>1: this pod is one rank of a group of pods
         device = machine.resolve_device(cfg.device)
     except ConfigError as e:
         emit = Emitter(env.get("RES_PATH") or "./results",
@@ -278,30 +103,35 @@ def _main(env: dict[str, str], pod: Pod) -> int:
         log(f"configuration error: {one_line(e)}")  # the last line: what was wrong and where
         return EXIT_BAD_INPUT
     emit = Emitter(cfg.res_path, result_lines_wanted(cfg.result_lines))
-    writer = emit if multi is None or multi.rank == 0 else (lambda doc: None)  # rank 0's pod writes
+    writer: Callable[[dict[str, Any]], None] = (
+        emit if multi is None or multi.rank == 0 else (lambda doc: None))  # rank 0's pod writes
     machine.init_device(device)
-    pod.phase("device init")
+    clock.phase("device init")
     plan = config.variants(cfg)
     log(f"run {cfg.run_id}: {cfg.model_id} from {cfg.model_path} on {device}, {cfg.cache_mode}, "
         f"{cfg.num_trials} trial(s) each of {', '.join(config.label(lib, o) for lib, o in plan)}")
-    shared: dict[str, Any] = {}
+    state = PodState()
+    # One decision: this pod's loads run in this process, or through rank processes.
+    strategy: Callable[[], Strategy] = (
+        (lambda: Ranks(cfg, device, state, multi)) if cfg.tp_size > 1 or multi
+        else (lambda: SingleProcess(cfg, device, state)))
     docs, code = [], EXIT_OK
     try:
         for lib, options in plan:
-            if cfg.tp_size > 1 or multi:  # N rank processes, one document (measure/tp.py)
-                doc, lib_code = tp.run_library_tp(lib, options, cfg, device, shared, pod, multi=multi)
-            else:
-                doc, lib_code = run_library(lib, options, cfg, device, shared, pod)
+            doc, lib_code = run_variant(strategy(), lib, options, cfg, device, state, clock)
             writer(doc)
             docs.append(doc)
             code = max(code, lib_code)
-    except _Finished as f:
+    except Finished as f:
         writer(f.doc)
         log(f"{f.doc['label']}: {f.doc['error']['message']} (exit {f.code})")
         return f.code
     except Terminated as e:  # between libraries: nothing in flight
         log(f"terminated by {e} between libraries (exit {128 + e.signum})")
         return 128 + e.signum
+    finally:
+        if state.pool is not None:
+            state.pool.close()
     print("\n" + summary_table(docs), file=sys.stderr, flush=True)
     if multi and multi.rank:  # the group's documents are rank 0's to write
         ok = sum(d["status"] == "ok" for d in docs)

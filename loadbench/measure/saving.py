@@ -164,7 +164,7 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
                     raise NoSpace(message) from e
                 raise
             if trial == n - 1:
-                if tp and hasattr(owner, "save_tp"):
+                if tp and spec.tp_files:
                     tp_s = _save_tp(owner, model, tp, tmp, progress)
                 publish(root, fmt, tmp)
             else:
@@ -172,13 +172,13 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
             progress(f"saved {fmt} ({spec.name}) {trial + 1}/{n} in {times[-1]:.2f} s "
                      f"({nbytes / times[-1] / 1e9:.2f} GB/s)")
         files = file_entries(os.path.join(root, fmt), spec.weight_suffixes)
-        if tp and hasattr(owner, "save_tp"):
+        if tp and spec.tp_files:
             _mark_rank_files(owner, files, cfg.tp_size)
         entries[fmt] = {"library": spec.name, "version": loaders.version(spec.package),
                         "files": files, "save_s": times,
                         "bytes": sum(f["bytes"] for f in files if f["weights"]),
                         "shard_bytes": shard if spec.shards else None}
-        if tp and hasattr(owner, "save_tp"):
+        if tp and spec.tp_files:
             entries[fmt]["tp_save_s"] = {str(cfg.tp_size): tp_s}
 
     manifest = {"schema": MANIFEST_SCHEMA, "model": model_info, "formats": entries,

@@ -11,15 +11,15 @@ import gc
 import os
 import statistics
 import time
-import traceback
 from typing import Any
 
 import torch
 
 from loadbench import machine, models
+from loadbench.errors import one_line
 from loadbench.loaders.context import LoadContext
 from loadbench.measure import checksums
-from loadbench.measure.document import error_info, now
+from loadbench.measure.document import error_info, now, where
 from loadbench.schema.result import TRIAL_KEYS
 from loadbench.storage import cache, ceilings
 from loadbench.storage.checkpoint import Checkpoint
@@ -30,14 +30,6 @@ FALLBACK_IDS = [2, 133, 2119, 169, 7, 517, 10, 1421, 31, 2166, 7, 10, 22858, 16]
 
 
 log = logger("loadbench")
-
-
-def where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}"
 
 
 def _prompt_ids(ckpt: Checkpoint, vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -87,90 +79,130 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def new_trial(mode: str) -> dict[str, Any]:
-    trial: dict[str, Any] = {k: None for k in TRIAL_KEYS}
-    trial.update(status="ok", cache_mode=mode, mismatches=[], tensors_verified=0, warnings=[])
+def new_trial(mode: str, index_in_process: int | None = None) -> dict[str, Any]:
+    trial: dict[str, Any] = {k: None for k in TRIAL_KEYS if k != "ranks"}
+    trial.update(status="ok", cache_mode=mode, mismatches=[], tensors_verified=0, warnings=[],
+                 index_in_process=index_in_process)
     return trial
+
+
+def prepare_cache(mode: str, files: list[str], record: dict[str, Any]) -> float:
+    """Bring the files into the asked page-cache state; record the time, residency and any
+    warning in `record`; return the measured residency."""
+    t0 = time.perf_counter()
+    resident = cache.prepare(mode, files, log)
+    record["cache_s"] = time.perf_counter() - t0
+    warning = cache.check(mode, resident)
+    if warning:
+        log("WARNING: " + warning)
+        record["warnings"].append(warning)
+    return resident
+
+
+class TimedLoad:
+    """The clock around one load: peak RSS, the bytes the process read, device synchronized
+    before the clock stops. A failure inside is kept, not raised, so a rank can still meet
+    its peers at the barrier."""
+
+    def __init__(self, ctx: LoadContext) -> None:
+        self.ctx = ctx
+        self.model: Any = None
+        self.failure: Exception | None = None
+
+    def run(self, load: Any, *args: Any) -> TimedLoad:
+        device = self.ctx.device
+        self.started_at = now()
+        io = machine.io_counters()
+        with machine.PeakRSS() as rss:
+            self.start = time.perf_counter()
+            try:
+                self.model = load(self.ctx, *args)
+                models.synchronize(device)
+            except Exception as e:
+                self.failure = e
+            self.end = time.perf_counter()
+        self.io = machine.io_delta(io)
+        self.rss = rss
+        return self
+
+    def times(self) -> dict[str, Any]:
+        skeleton_at = self.ctx.marks.get("skeleton")
+        device = self.ctx.device
+        return dict(total_s=self.end - self.start,
+                    skeleton_s=(skeleton_at - self.start) if skeleton_at else None,
+                    weights_s=self.end - (skeleton_at or self.start),
+                    peak_rss_bytes=self.rss.peak, peak_rss_method=self.rss.method,
+                    peak_device_bytes=torch.cuda.max_memory_allocated(device)
+                    if device.type == "cuda" else None, **self.io)
+
+
+def grade(record: dict[str, Any], name: str | None, limit: float | None) -> None:
+    """Put the load's rate against a ceiling; a ceiling beaten by more than the margin is
+    flagged unreliable, never shown as a limit."""
+    if not limit or not record.get("gbps"):
+        return
+    fraction = record["gbps"] / limit
+    record.update(ceiling=name, ceiling_gbps=limit, ceiling_fraction=fraction,
+                  ceiling_beaten=fraction > 1 + ceilings.BEATEN_MARGIN)
+    if record["ceiling_beaten"]:
+        record["warnings"].append(
+            f"this load ran at {fraction:.0%} of the {name} ceiling ({limit:.2f} GB/s): that "
+            f"ceiling is unreliable and is flagged, not shown as a limit")
+
+
+def verify_into(record: dict[str, Any], state: dict[str, torch.Tensor], expected: dict[str, Any],
+                device: torch.device, who: str = "") -> None:
+    """Check every tensor against the manifest, outside the clock; a mismatch marks the record."""
+    t0 = time.perf_counter()
+    verified, mismatches = checksums.verify(state, expected, device)
+    record.update(verify_s=time.perf_counter() - t0, tensors_verified=verified, mismatches=mismatches)
+    if mismatches:
+        record["status"] = "mismatch"
+        log(f"{who}{len(mismatches)} tensor(s) do not match the manifest, first: "
+            f"{mismatches[0]['tensor']}: {mismatches[0]['problem']}")
 
 
 def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
               options: dict[str, Any], mode: str, measured: dict[str, Any] | None,
-              inference: tuple[int, int] | None) -> tuple[dict[str, Any], LoadContext]:
+              inference: tuple[int, int] | None, index_in_process: int | None = None
+              ) -> tuple[dict[str, Any], LoadContext]:
     """One load, checked. `inference` is (new tokens, runs), or None to skip it."""
     release(device)
-    trial = new_trial(mode)
-    t0 = time.perf_counter()
-    resident = cache.prepare(mode, ckpt.weight_files, log)
-    trial["cache_s"] = time.perf_counter() - t0
+    trial = new_trial(mode, index_in_process)
+    resident = prepare_cache(mode, ckpt.weight_files, trial)
     trial["resident_before"] = resident
-    warning = cache.check(mode, resident)
-    if warning:
-        log("WARNING: " + warning)
-        trial["warnings"].append(warning)
     ctx = LoadContext(ckpt, device, dtype, options)
-    model = None
-    trial["started_at"] = now()
-    try:
-        with machine.PeakRSS() as rss:
-            start = time.perf_counter()
-            model = mod.load(ctx)
-            models.synchronize(device)
-            end = time.perf_counter()
-    except Exception as e:
+    load = TimedLoad(ctx).run(mod.load)
+    trial["started_at"] = load.started_at
+    if load.failure is not None:
         trial["finished_at"] = now()
-        trial.update(status="error", error=error_info(e, where(e)))
-        log(f"load failed: {type(e).__name__}: {' '.join(str(e).split())}")
+        trial.update(status="error", error=error_info(load.failure, where(load.failure)))
+        log(f"load failed: {one_line(load.failure)}")
         return trial, ctx
+    model = load.model
     trial["library_info"] = ctx.info
-    skeleton_at = ctx.marks.get("skeleton")
-    total = end - start
-    nbytes = ckpt.manifest["model"]["bytes"]
-    trial.update(
-        skeleton_s=(skeleton_at - start) if skeleton_at else None,
-        weights_s=end - (skeleton_at or start), total_s=total, gbps=nbytes / total / 1e9,
-        peak_rss_bytes=rss.peak, peak_rss_method=rss.method,
-        peak_device_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
-    name, limit = ceilings.bound(measured, resident)
-    if limit:
-        fraction = trial["gbps"] / limit
-        trial.update(ceiling=name, ceiling_gbps=limit, ceiling_fraction=fraction,
-                     ceiling_beaten=fraction > 1 + ceilings.BEATEN_MARGIN)
-        if trial["ceiling_beaten"]:
-            trial["warnings"].append(
-                f"this load ran at {fraction:.0%} of the {name} ceiling ({limit:.2f} GB/s): that "
-                f"ceiling is unreliable and is flagged, not shown as a limit")
-
+    trial.update(load.times())
+    trial["gbps"] = ckpt.manifest["model"]["bytes"] / trial["total_s"] / 1e9
+    grade(trial, *ceilings.bound(measured, resident))
     try:
         # The prompt is tokenized once per trial (the tokenizer is read from disk).
         ids = _prompt_ids(ckpt, model.config.vocab_size, device) if inference else None
         if ids is not None:
             trial["first_token_s"] = first_token(model, ids)
-        verify_start = time.perf_counter()
-        verified, mismatches = checksums.verify(models.state(model), ckpt.tensors, device)
-        trial["verify_s"] = time.perf_counter() - verify_start
-        trial.update(tensors_verified=verified, mismatches=mismatches)
-        if mismatches:
-            trial["status"] = "mismatch"
-            log(f"{len(mismatches)} tensor(s) do not match the manifest, first: "
-                f"{mismatches[0]['tensor']}: {mismatches[0]['problem']}")
-        elif inference:
+        state = models.state(model)
+        trial["device_copy_bytes"] = sum(v.numel() * v.element_size() for v in
+                                         {id(v): v for v in state.values()}.values())
+        verify_into(trial, state, ckpt.tensors, device)
+        del state
+        if trial["status"] == "ok" and inference:
             trial.update(generate(model, ids, *inference))
     except Exception as e:
         trial.update(status="error", error=error_info(e, where(e)))
-        log(f"after the load: {type(e).__name__}: {' '.join(str(e).split())}")
+        log(f"after the load: {one_line(e)}")
     trial["finished_at"] = now()
-    del model
+    del model, load
     release(device)
     return trial, ctx
-
-
-def problem(trial: dict[str, Any]) -> str:
-    """What went wrong in a failed trial, in one line."""
-    if trial["status"] == "mismatch":
-        m = trial["mismatches"]
-        return f"{len(m)} tensor(s) differ from the manifest, e.g. {m[0]['tensor']}: {m[0]['problem']}"
-    e = trial.get("error") or {}
-    return f"{e.get('type')}: {e.get('message')} (at {e.get('where')})"
 
 
 def line(label: str, i: int, n: int, t: dict[str, Any]) -> str:

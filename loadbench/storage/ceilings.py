@@ -12,9 +12,11 @@ A cold load cannot beat min(storage, host-to-device); a warm one cannot beat
 min(page cache, host-to-device). A trial that does by more than 3% marks the
 ceiling unreliable rather than showing it as a limit.
 
-Ceilings are a property of the node, not of the pod: with CEILINGS=reuse the
-first pod on a node measures them into RES_PATH/<RUN_ID>/ceilings/<node>.json
-under a lock, and later pods reuse that file and say so.
+Ceilings are a property of the node, its device and the filesystem holding
+the checkpoint, not of the pod or the run: with CEILINGS=reuse the first pod
+measures them into RES_PATH/ceilings/<node>-<device>-<filesystem>.json under a
+lock, and every later pod of any run reuses that file within CEILINGS_TTL and
+says so.
 """
 
 from __future__ import annotations
@@ -174,17 +176,48 @@ def measure(paths: list[str], device: torch.device, seconds: float,
     return out
 
 
-def node_file(res_path: str, run_id: str, node: str) -> str:
-    return os.path.join(res_path, run_id, "ceilings", f"{safe_component(node, 'node')}.json")
+def filesystem(paths: list[str]) -> dict[str, Any]:
+    """The filesystem holding the checkpoint: its device number, mount point and type, from
+    /proc/self/mountinfo (the longest mount point that contains the first file)."""
+    path = os.path.realpath(paths[0]) if paths else os.getcwd()
+    dev = os.stat(path).st_dev
+    out: dict[str, Any] = {"dev": f"{os.major(dev)}-{os.minor(dev)}", "mount": None, "type": None}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                mount = fields[4].encode().decode("unicode_escape")
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and \
+                        len(mount) >= len(out["mount"] or ""):
+                    out.update(mount=mount, type=right.split()[0] if right else None)
+    except OSError:
+        pass
+    return out
 
 
-def for_node(res_path: str, run_id: str, node: str, paths: list[str], device: torch.device,
-             seconds: float, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """This node's ceilings: measured by the first pod that asks (under a lock),
-    reused by every later one. The lock is an flock on a file beside the
-    result, so two pods on one node never both measure, and a pod killed
-    while measuring releases it."""
-    path = node_file(res_path, run_id, node)
+def node_file(res_path: str, node: str, device: str, fs: dict[str, Any]) -> str:
+    """One file per node, device and filesystem, shared by every run under RES_PATH."""
+    name = f"{safe_component(node, 'node')}-{safe_component(device, 'device')}-{fs['dev']}"
+    return os.path.join(res_path, "ceilings", f"{name}.json")
+
+
+def _age_s(measured_at: Any) -> float | None:
+    try:
+        return time.time() - datetime.fromisoformat(str(measured_at)).timestamp()
+    except ValueError:
+        return None
+
+
+def for_node(res_path: str, node: str, paths: list[str], device: torch.device, seconds: float,
+             progress: Callable[[str], None] = print, ttl_s: float = 86400.0,
+             fresh: bool = False) -> dict[str, Any]:
+    """This node's ceilings: measured by the first pod that asks (under a lock), reused by
+    every later pod of any run while younger than `ttl_s`; `fresh` measures again. The lock
+    is an flock on a file beside the result, so two pods on one node never both measure,
+    and a pod killed while measuring releases it."""
+    fs = filesystem(paths)
+    path = node_file(res_path, node, str(device), fs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".lock", "a") as lock:
         waited = time.perf_counter()
@@ -193,18 +226,23 @@ def for_node(res_path: str, run_id: str, node: str, paths: list[str], device: to
         try:
             with open(path) as f:
                 found = json.load(f)
-            if isinstance(found, dict) and found.get("device") == str(device) and found.get("ceilings"):
-                progress(f"ceilings: reusing {path} (measured by {found.get('measured_by')})")
+            age = _age_s(found.get("measured_at")) if isinstance(found, dict) else None
+            if not fresh and isinstance(found, dict) and found.get("device") == str(device) \
+                    and found.get("ceilings") and age is not None and 0 <= age <= ttl_s:
+                progress(f"ceilings: reusing {path} (measured {age / 3600:.1f} h ago by "
+                         f"{found.get('measured_by')})")
                 return dict(found["ceilings"], source="reused", node=node, file=path,
-                            measured_at=found.get("measured_at"), lock_wait_s=waited)
+                            filesystem=fs.get("mount"), measured_at=found.get("measured_at"),
+                            lock_wait_s=waited)
         except (OSError, ValueError):
             pass
         measured = measure(paths, device, seconds, progress)
-        write_json_atomic(path, {"schema": "loadbench.ceilings/1", "node": node, "device": str(device),
-                                 "ceilings": measured,
+        write_json_atomic(path, {"schema": "loadbench.ceilings/2", "node": node, "device": str(device),
+                                 "filesystem": fs, "ceilings": measured,
                                  "measured_by": os.environ.get("POD_NAME") or f"pid {os.getpid()}",
                                  "measured_at": datetime.now(timezone.utc).isoformat()})
-        return dict(measured, source="measured", node=node, file=path, lock_wait_s=waited)
+        return dict(measured, source="measured", node=node, file=path, filesystem=fs.get("mount"),
+                    lock_wait_s=waited)
 
 
 def limits_for(resident: float) -> tuple[str, str]:

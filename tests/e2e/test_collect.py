@@ -13,15 +13,19 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, Callable
 
 import kmock
 import pytest
 import yaml
 
 from loadbench.cluster import collect as cluster
+from loadbench.cluster import dump
 from loadbench.cluster.cli import main as collect_main
 from loadbench.cluster.dump import PREFIX as FILE_PREFIX
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from loadbench.measure import document
 from loadbench.schema import read_many
 from loadbench.schema.result import LOG_PREFIX, SCHEMA
@@ -53,10 +57,11 @@ class Emulator:
         HTTP status (an API error)."""
         if isinstance(payload, str):
             payload = payload.encode()
-        def add() -> None:
+
+        async def add() -> None:
             self.k[f"get /api/v1/namespaces/{NS}/pods/{pod}/log"] << payload
-        self.loop.call_soon_threadsafe(add)
-        time.sleep(0.2)
+        # Returns once the emulator's loop has added the route: served from the next request on.
+        asyncio.run_coroutine_threadsafe(add(), self.loop).result(10)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.stop.set)
@@ -113,17 +118,34 @@ def files_under(folder: Path) -> set[str]:
     return {str(p) for p in folder.rglob("*")}
 
 
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """predicate()'s first truthy value, polled until the deadline, where the test fails."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def in_thread(work: Callable[[], None]) -> Future:
+    """work() on a thread; its Future's result() re-raises what failed there, in the test."""
+    done: Future = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(work())
+        except BaseException as e:
+            done.set_exception(e)
+    threading.Thread(target=run, daemon=True).start()
+    return done
+
+
 def kubelet(emulator, api, results_dir: Path | None = None, outcome: str = "Succeeded",
-            log: str | None = None) -> threading.Thread:
+            log: str | None = None) -> Future:
     """Plays the node: waits for the helper pod, runs its real command locally (or prints
     `log` instead, as a hostile image would), reports back."""
     def work() -> None:
-        for _ in range(200):
-            names = pods(api)
-            if names:
-                break
-            time.sleep(0.05)
-        (name,) = names
+        (name,) = wait_for(lambda: pods(api), "the helper pod")
         out = log
         if out is None:
             pod = api.read_namespaced_pod(name=name, namespace=NS)
@@ -134,9 +156,7 @@ def kubelet(emulator, api, results_dir: Path | None = None, outcome: str = "Succ
                                  text=True, cwd=ROOT, timeout=60).stdout
         emulator.serve_log(name, out)
         api.patch_namespaced_pod(name=name, namespace=NS, body={"status": {"phase": outcome}})
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    return t
+    return in_thread(work)
 
 
 def test_from_pvc_reads_every_document_and_deletes_the_helper(emulator, tmp_path):
@@ -153,7 +173,7 @@ def test_from_pvc_reads_every_document_and_deletes_the_helper(emulator, tmp_path
     dest = tmp_path / "local"
     report = cluster.from_pvc(api, NS, "loadbench-nvme", "img:1", str(dest), timeout=20, poll=0.05,
                               progress=lambda m: None)
-    thread.join()
+    thread.result(30)
     assert len(report.written) == 3 and pods(api) == []
     assert [where for where, why in report.invalid] == ["r1/broken.json"]
     assert not (dest / "r1" / "ceilings").exists()
@@ -172,18 +192,21 @@ def test_from_pvc_reads_every_document_and_deletes_the_helper(emulator, tmp_path
     thread = kubelet(emulator, api, src)
     again = cluster.from_pvc(api, NS, "loadbench-nvme", "img:1", str(dest), timeout=20, poll=0.05,
                              progress=lambda m: None)
-    thread.join()
+    thread.result(30)
     assert len(again.unchanged) == 2 and again.conflicts == [str(changed)] and not again.written
 
 
 def test_helper_pod_that_never_becomes_ready_times_out_and_is_deleted(emulator, tmp_path):
     api, namespace = cluster.client_api(emulator.kubeconfig)
     assert namespace == NS  # the context's namespace, as kubectl would use
-    start = time.monotonic()
+    said: list[str] = []
     with pytest.raises(cluster.CollectError, match=r"did not finish within 1 s \(phase unknown"):
         cluster.from_pvc(api, NS, "loadbench-nvme", "img:1", str(tmp_path), timeout=1, poll=0.1,
-                         progress=lambda m: None)
-    assert time.monotonic() - start < 10
+                         progress=said.append)
+    created, *waiting, deleted = said
+    name = created.split()[1].removeprefix("pod/")
+    assert created.startswith(f"created pod/{name} ") and deleted == f"deleted pod/{name}"
+    assert waiting and set(waiting) == {f"waiting for pod/{name}: unknown"}, "polled, then gave up"
     assert pods(api) == []
 
 
@@ -199,20 +222,20 @@ def test_from_logs_skips_and_reports_a_line_that_is_not_json(emulator, tmp_path)
     dest = tmp_path / "out"
     code = collect_main(["--from-logs", "--kubeconfig", emulator.kubeconfig,  # no -n: the context's
                          "-l", "app.kubernetes.io/name=loadbench", "--out", str(dest)])
-    assert code == 0
+    assert code == EXIT_OK
     docs, skipped = read_many(str(dest))
     assert not skipped
     assert sorted(d["identity"]["pod"] for d in docs) == ["p0", "p1"]  # p2 is not selected
     report = cluster.from_logs(api, NS, "app.kubernetes.io/name=loadbench", str(dest),
                                progress=lambda m: None)
     assert len(report.unchanged) == 2
-    assert report.invalid == [(report.invalid[0][0], report.invalid[0][1])]
-    assert "pod p0 log line 3" == report.invalid[0][0] and "not valid JSON" in report.invalid[0][1]
+    ((where, why),) = report.invalid
+    assert where == "pod p0 log line 3" and "not valid JSON" in why
 
 
 def test_cli_without_a_cluster_says_what_to_do(tmp_path, capsys):
     code = collect_main(["--from-logs", "--kubeconfig", str(tmp_path / "missing"), "--out", str(tmp_path)])
-    assert code == 1
+    assert code == EXIT_FAILED
     assert "kubeconfig" in capsys.readouterr().err
 
 
@@ -291,7 +314,7 @@ def test_a_pod_whose_log_cannot_be_read_is_reported_and_collection_goes_on(emula
     emulator.serve_log("good", document.log_line(a_document("safetensors", 2)) + "\n")
     dest = tmp_path / "out"
     code = collect_main(["--from-logs", "--kubeconfig", emulator.kubeconfig, "--out", str(dest)])
-    assert code == 0
+    assert code == EXIT_OK
     report = cluster.from_logs(api, NS, "app.kubernetes.io/name=loadbench", str(dest),
                                progress=lambda m: None)
     assert [where for where, _ in report.failed] == ["pod broken"]
@@ -342,7 +365,7 @@ def test_from_pvc_refuses_hostile_helper_records_and_keeps_the_good_one(emulator
     dest = tmp_path / "out"
     report = cluster.from_pvc(api, NS, "loadbench-nvme", "img:1", str(dest), timeout=20, poll=0.05,
                               progress=lambda m: None)
-    thread.join()
+    thread.result(30)
     assert not outside.exists() and not (tmp_path / "escape.json").exists()
     assert not (tmp_path / "b.json").exists() and pods(api) == []
     assert report.written == [str(dest / "r1" / "ok.json")]
@@ -377,7 +400,7 @@ def test_dump_reports_links_fifos_and_garbage_and_goes_on(tmp_path):
     (root / "r1" / "lib" / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
     proc = subprocess.run([sys.executable, "-m", "loadbench.cluster.dump", str(root)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == EXIT_OK and "Traceback" not in proc.stderr
     assert "s3cr3t" not in proc.stdout
     records = {r["path"]: r for r in (json.loads(line[len(FILE_PREFIX):])
                                       for line in proc.stdout.splitlines() if line.startswith(FILE_PREFIX))}
@@ -389,6 +412,12 @@ def test_dump_reports_links_fifos_and_garbage_and_goes_on(tmp_path):
     assert "UTF-8" in records["r1/lib/binary.json"]["error"]
 
 
+def test_dump_of_a_missing_folder_is_bad_input_no_retry_can_fix(tmp_path, capsys):
+    assert dump.main([str(tmp_path / "nothing")]) == EXIT_BAD_INPUT
+    assert "does not exist" in capsys.readouterr().err
+    assert dump.main([]) == EXIT_BAD_INPUT and "usage:" in capsys.readouterr().err
+
+
 def test_cli_with_an_unreachable_api_server_ends_in_one_line(tmp_path, capsys):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
@@ -398,5 +427,5 @@ def test_cli_with_an_unreachable_api_server_ends_in_one_line(tmp_path, capsys):
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": NS}}]}))
     code = collect_main(["--from-logs", "--kubeconfig", str(kubeconfig), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 1 and "Traceback" not in err
+    assert code == EXIT_FAILED and "Traceback" not in err
     assert "error:" in err.strip().splitlines()[-1]

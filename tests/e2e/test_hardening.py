@@ -64,10 +64,22 @@ def test_documents_never_collide_and_are_group_readable(tmp_path):
     from loadbench.measure import document
     doc = document.new_document("safetensors", "safetensors", {}, None, {"RUN_ID": "r"}, {})
     doc["identity"].update(pod="same-pod", pid=1, completion_index=0)
+    doc.update(model={"bytes": 1}, device={"type": "cpu"})
     paths = {document.write(doc, str(tmp_path)) for _ in range(20)}  # same pod, pid, index, second
     assert len(paths) == 20
     for p in paths:
         assert os.stat(p).st_mode & 0o777 == 0o640
+
+
+def test_a_document_its_schema_refuses_is_never_written(tmp_path):
+    from loadbench.measure import document
+    doc = document.new_document("safetensors", "safetensors", {}, None, {"RUN_ID": "r"}, {})
+    doc["trials"].append({"status": "ok", "total_s": float("nan")})
+    with pytest.raises(document.InvalidDocument, match="trials.0.total_s"):
+        document.write(doc, str(tmp_path))
+    with pytest.raises(document.InvalidDocument):
+        document.log_line(doc)
+    assert not list(tmp_path.rglob("*.json"))
 
 
 def test_a_killed_saves_staging_folders_are_removed_and_nothing_else(tmp_path):
@@ -194,11 +206,21 @@ def test_ceilings_are_measured_once_per_node_and_reused(saved_model, tmp_path):
     docs = schema.read_many(str(tmp_path / "res"))[0]
     sources = sorted(d["ceilings"]["source"] for d in docs)
     assert sources == ["measured", "reused"], sources  # the lock: never both measuring
-    stored = json.loads((tmp_path / "res" / "ceil" / "ceilings" / "node-a.json").read_text())
+    (node_file,) = (tmp_path / "res" / "ceilings").glob("node-a-cpu-*.json")  # node, device, filesystem
+    stored = json.loads(node_file.read_text())
     assert stored["ceilings"]["storage_read"]["gbps"] > 0
     assert stored["ceilings"]["storage_read"]["spread"]["tries"] >= 2
+    assert node_file.name.endswith(f"-{stored['filesystem']['dev']}.json") and stored["filesystem"]["mount"]
     reused = next(d for d in docs if d["ceilings"]["source"] == "reused")
     assert reused["ceilings"]["storage_read"]["gbps"] == stored["ceilings"]["storage_read"]["gbps"]
+
+    # Another run on the node reuses them; an expired file or CEILINGS=fresh measures again.
+    for extra, source in (({"RUN_ID": "another-run"}, "reused"), ({"CEILINGS_TTL": "0"}, "measured"),
+                          ({"CEILINGS": "fresh", "RUN_ID": "third"}, "measured")):
+        proc = run_script("deserialize_benchmark.py", {**env, **extra})
+        assert proc.returncode == 0, proc.stderr
+        (doc,) = result_lines(proc.stdout)
+        assert doc["ceilings"]["source"] == source, extra
 
 
 def test_the_checkpoint_is_readable_by_the_group(saved_model):

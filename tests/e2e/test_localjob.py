@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 
 from loadbench import schema
 from loadbench.cluster import localjob, matrix
-from loadbench.errors import ConfigError
+from loadbench.cluster.summary import shown_path
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError
 from tests.conftest import ROOT
 
 # The experiment as a test wants it: tiny, on the CPU, no ceilings, no generation.
@@ -71,7 +73,7 @@ def test_matrix_job_via_the_cli_shows_each_pod_the_results_folder_and_a_summary(
     code = localjob.main([manifest("benchmark-matrix-job.yaml"), "--pvc", f"{CLAIM}={pvc}", *sets,
                           "--completions", "2", "--parallelism", "2"])
     out, err = capsys.readouterr()
-    assert code == 0, err
+    assert code == EXIT_OK, err
     pod_lines = [ln for ln in out.splitlines() if ln.startswith("[pod/")]
     assert pod_lines and all(re.match(r"\[pod/loadbench-matrix-[01]-[0-9a-f]{5}/benchmark\] ", ln)
                              for ln in pod_lines)
@@ -79,7 +81,7 @@ def test_matrix_job_via_the_cli_shows_each_pod_the_results_folder_and_a_summary(
     assert len(shortened) == 2 and all(" ok, " in ln and len(ln) < 200 for ln in shortened)
     assert "ConfigMap loadbench-experiment from experiment.env (kustomization.yaml)" in err
     results = pvc / "results/opt-tiny-cold"
-    shown = localjob._shown_path(str(results))
+    shown = shown_path(str(results))
     assert f"results: {shown} (" in err and "job/loadbench-matrix: Complete, 2 pods" in err
     table = out.split(f"summary of {shown}", 1)[1]  # plot_results' table
     assert re.search(r"^library .* median s", table, re.M)
@@ -127,7 +129,6 @@ def test_a_failed_rank_fails_the_tp_job_and_stops_its_peers(tmp_path):
                            configmaps=configmaps("benchmark-tp-multinode.yaml"), **QUIET)
     assert res.status == "Failed" and res.reason == "MaxFailedIndexesExceeded"
     assert res.exit_codes == {1: [1], 0: [143]}, "rank 0 got SIGTERM, rank 1 no second attempt"
-    assert res.seconds < 30
 
 
 def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(tmp_path):
@@ -157,22 +158,53 @@ def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(tmp_path):
     assert "rank 1 of 2 pods: rank 0's pod (127.0.0.1) wrote the 1 document" in pods[1].last_line
 
 
+# Each pod says it is up, then waits for its sibling (index 0 with 1, 2 with 3) to say so too:
+# a pod that ran alone would never see its sibling and fail the Job with exit 2.
+HANDSHAKE = """
+import os, sys, time
+up, index = os.environ["HANDSHAKE_DIR"], int(os.environ["JOB_COMPLETION_INDEX"])
+open(os.path.join(up, str(index)), "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(os.path.join(up, str(index ^ 1))):
+    if time.monotonic() > deadline:
+        print("sibling", index ^ 1, "never ran beside", index)
+        sys.exit(2)
+    time.sleep(0.01)
+print("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
+"""
+
+
 def test_concurrent_pods_each_get_their_own_gpu(tmp_path):
-    job = stub(job_named("benchmark-job.yaml", "loadbench-safetensors"),
-               "import os, time; print('gpu', os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(0.3)")
-    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU, completions=4, parallelism=2, gpus=["0", "1"],
-                           configmaps=configmaps("benchmark-job.yaml"), **QUIET)
-    assert res.ok, res
-    assert {p.gpus for p in res.pods} <= {"0", "1"}
+    job = stub(job_named("benchmark-job.yaml", "loadbench-safetensors"), HANDSHAKE)
+    up = tmp_path / "up"
+    up.mkdir()
+    res = localjob.run_job(job, {CLAIM: str(tmp_path)}, {**CPU, "HANDSHAKE_DIR": str(up)}, completions=4,
+                           parallelism=2, gpus=["0", "1"], configmaps=configmaps("benchmark-job.yaml"),
+                           **QUIET)
+    assert res.ok, res.reason
+    pods = {p.index: p for p in res.pods}
+    assert sorted(pods) == [0, 1, 2, 3] and len(res.pods) == 4, "one attempt per index"
     for p in res.pods:
         assert p.lines == [f"gpu {p.gpus}"]
-        overlapping = [q for q in res.pods
-                       if q is not p and q.started < p.finished and p.started < q.finished]
-        assert all(q.gpus != p.gpus for q in overlapping), "two pods at once on one GPU"
-    one = localjob.run_job(job, {CLAIM: str(tmp_path)}, CPU, completions=2, parallelism=2, gpus=["3"],
-                           configmaps=configmaps("benchmark-job.yaml"), **QUIET)
+    for a, b in ((pods[0], pods[1]), (pods[2], pods[3])):
+        assert max(a.started, b.started) < min(a.finished, b.finished), "siblings ran at once"
+        assert {a.gpus, b.gpus} == {"0", "1"}, "two pods at once on one GPU"
+
+
+def test_a_pod_waits_pending_while_its_gpu_is_taken(tmp_path):
+    """Each pod lists the pods that finished before it started, then says it finished."""
+    job = stub(job_named("benchmark-job.yaml", "loadbench-safetensors"),
+               "import os; done = os.environ['HANDSHAKE_DIR']; print('after', sorted(os.listdir(done))); "
+               "open(os.path.join(done, os.environ['JOB_COMPLETION_INDEX']), 'w').close()")
+    done = tmp_path / "done"
+    done.mkdir()
+    one = localjob.run_job(job, {CLAIM: str(tmp_path)}, {**CPU, "HANDSHAKE_DIR": str(done)}, completions=2,
+                           parallelism=2, gpus=["3"], configmaps=configmaps("benchmark-job.yaml"), **QUIET)
+    assert one.ok, one.reason
     (a, b) = sorted(one.pods, key=lambda p: p.started)
-    assert a.gpus == b.gpus == "3" and b.started >= a.finished, "a pod waits (Pending) for a free GPU"
+    assert a.gpus == b.gpus == "3"
+    assert a.lines == ["after []"] and b.lines == [f"after ['{a.index}']"], "b started after a finished"
+    assert b.started >= a.finished, "a pod waits (Pending) for a free GPU"
 
 
 def test_exit_code_2_fails_the_job_at_once(tmp_path):
@@ -256,16 +288,26 @@ def test_matrix_plan_is_seeded_balanced_and_derived_from_the_experiment(monkeypa
         with pytest.raises(ConfigError):
             matrix.variants({"MATRIX": bad})
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
-    assert matrix.main(["--exec"]) == 2  # not an Indexed Job's pod
+    assert matrix.main(["--exec"]) == EXIT_BAD_INPUT  # not an Indexed Job's pod
 
 
 def test_help_and_bad_arguments(tmp_path, capsys):
     for entry in (localjob.main, matrix.main):
         with pytest.raises(SystemExit) as exit_:
             entry(["--help"])
-        assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
-    assert localjob.main([manifest("save-models-job.yaml")]) == 2
+        assert exit_.value.code == EXIT_OK and "usage:" in capsys.readouterr().out
+    assert localjob.main([manifest("save-models-job.yaml")]) == EXIT_BAD_INPUT
     assert "pass --pvc loadbench-nvme=DIR" in capsys.readouterr().err
-    assert localjob.main([manifest("save-models-job.yaml"), "--set", "NOEQUALS"]) == 2
-    assert localjob.main([manifest("benchmark-pvc.yaml")]) == 2
+    assert localjob.main([manifest("save-models-job.yaml"), "--set", "NOEQUALS"]) == EXIT_BAD_INPUT
+    assert "--set takes NAME=VALUE, not 'NOEQUALS'" in capsys.readouterr().err
+    assert localjob.main([manifest("benchmark-pvc.yaml")]) == EXIT_BAD_INPUT
     assert "no Job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["loadbench.localjob", "loadbench.cluster.localjob"])
+def test_both_module_names_run_the_same_command_line(module):
+    """The README's name and the package's: each renders the committed ConfigMap."""
+    proc = subprocess.run([sys.executable, "-m", module, "--render-configmap"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert proc.stdout == (ROOT / "experiment-configmap.yaml").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadbench import schema
-from loadbench.measure import tp, tp_plan
+from loadbench.measure import tp_launch, tp_parent, tp_plan
 from tests.conftest import ROOT, clean_env, result_lines, run_script
 
 TP_LIBRARIES = ["safetensors", "tensorizer", "reference", "huggingface"]
@@ -140,7 +140,7 @@ def test_corrupted_slice_is_a_mismatch_on_the_right_rank(llama, tmp_path):
 
 def test_two_pods_with_world_size_2_form_one_group_and_rank_0_writes_the_document(llama, tmp_path):
     """What benchmark-tp-multinode.yaml's pods do: two processes, one rank each, TP_SIZE=1."""
-    port = str(tp.free_port())
+    port = str(tp_launch.free_port())
     env = {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(llama), "RES_PATH": str(tmp_path / "res"),
            "RUN_ID": "pods", "TP_SIZE": "1", "SKIP_INFERENCE": "1", "CACHE_MODE": "cold",
            "LIBRARIES": "safetensors", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
@@ -177,8 +177,8 @@ def test_unsupported_multinode_settings_are_a_config_error_exit_2(tmp_path):
                          ({**pods, "MASTER_ADDR": ""}, "rank 0's address"),
                          ({**pods, "MASTER_PORT": "x"}, "need integers")]:
         with pytest.raises(ConfigError, match=message):
-            tp.multinode(env, 1)
-    assert tp.multinode({"WORLD_SIZE": "1", "RANK": "0"}, 4) is None
+            tp_launch.multinode(env, 1)
+    assert tp_launch.multinode({"WORLD_SIZE": "1", "RANK": "0"}, 4) is None
     proc = run_script("deserialize_benchmark.py", {"MODEL_ID": "random/llama-tiny", "RES_PATH": str(tmp_path),
                                                    "TP_SIZE": "2", **pods}, timeout=60)
     assert proc.returncode == 2, proc.stderr
@@ -196,8 +196,8 @@ def test_library_without_tp_is_an_error_document_exit_2(llama, tmp_path):
 
 # --- the launcher, with stand-in ranks: crashes and hangs never hang the pod ---------------
 
-def _group(tmp_path: Path, code: str, **env: str) -> tp.RankGroup:
-    group = tp.RankGroup(2, str(tmp_path), [sys.executable, "-c", code],
+def _group(tmp_path: Path, code: str, **env: str) -> tp_launch.RankGroup:
+    group = tp_launch.RankGroup(2, str(tmp_path), [sys.executable, "-c", code],
                          {**os.environ, **env})
     group.start()
     return group
@@ -228,7 +228,7 @@ def test_ranks_get_torchrun_variables_and_keep_nccl_ones(tmp_path):
 def test_crashed_or_hung_rank_stops_every_rank(tmp_path, code, timeout, message):
     group = _group(tmp_path, code)
     start = time.monotonic()
-    with pytest.raises(tp.RankFailed, match=message):
+    with pytest.raises(tp_launch.RankFailed, match=message):
         group.wait(lambda recs: bool(recs), timeout, "startup")
     codes = group.stop()
     assert all(c is not None for c in codes), codes  # nobody left running
@@ -257,21 +257,23 @@ time.sleep(60)
 def test_rank_crash_or_hang_in_a_job_is_an_error_document(llama, tmp_path, monkeypatch, mode, where,
                                                           message):
     from loadbench import config
-    from loadbench.measure import run
-    monkeypatch.setattr(tp, "TRIAL_TIMEOUT_BASE_S", 1.0)
-    monkeypatch.setattr(tp, "TRIAL_TIMEOUT_RATE", 1e18)
+    from loadbench.measure.pod import PodClock, PodState
+    from loadbench.measure.variant import run_variant
+    monkeypatch.setattr(tp_parent, "TRIAL_TIMEOUT_BASE_S", 1.0)
+    monkeypatch.setattr(tp_parent, "TRIAL_TIMEOUT_RATE", 1e18)
     cfg = config.load({"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(llama), "TP_SIZE": "2",
                        "DEVICE": "cpu", "CEILINGS": "0", "SKIP_INFERENCE": "1",
                        "RES_PATH": str(tmp_path)})
-    shared: dict = {}
+    state = PodState()
     import torch
     start = time.monotonic()
-    doc, code = tp.run_library_tp("safetensors", {}, cfg, torch.device("cpu"), shared, run.Pod(),
-                                  command=[sys.executable, "-c", FAKE_RANK, mode])
+    ranks = tp_parent.Ranks(cfg, torch.device("cpu"), state,
+                            command=[sys.executable, "-c", FAKE_RANK, mode])
+    doc, code = run_variant(ranks, "safetensors", {}, cfg, torch.device("cpu"), state, PodClock())
     assert code == 1 and doc["status"] == "error" and doc["error"]["type"] == "RankFailed"
     assert doc["error"]["where"] == where and message in doc["error"]["message"]
     assert [t["status"] for t in doc["trials"]] == (["error"] if where.startswith("trial") else [])
-    pool = shared["tp_pool"]
+    pool = state.pool
     assert pool.closed and all(p.poll() is not None for p in pool.group.procs)  # every rank stopped
     assert time.monotonic() - start < 20
     assert not schema.problems(doc), schema.problems(doc)

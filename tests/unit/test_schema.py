@@ -106,8 +106,8 @@ def test_the_committed_schema_files_are_the_generated_ones(tmp_path):
         assert (tmp_path / name).read_text() == (SCHEMA_DIR / name).read_text()
 
 
-def test_history_names_both_versions_and_the_reader_accepts_both():
-    assert results.SCHEMA == "loadbench.result/2" and results.READABLE[0] == "loadbench.result/1"
+def test_history_names_every_version_and_the_reader_accepts_them():
+    assert results.SCHEMA == "loadbench.result/3" and results.READABLE[0] == "loadbench.result/1"
     for version in results.READABLE:
         assert version in results.__doc__
     assert results.LOG_PREFIX == "LOADBENCH_RESULT "
@@ -115,6 +115,18 @@ def test_history_names_both_versions_and_the_reader_accepts_both():
 
 def test_a_complete_v2_document_validates():
     assert results.problems(v2_document()) == []
+
+
+def test_v3_declares_what_a_producer_writes_and_the_key_lists_follow_the_models():
+    doc = dict(v2_document(), schema="loadbench.result/3")
+    doc["trials"][0].update(index_in_process=0, storage_read_bytes=10, cache_read_bytes=0,
+                            device_copy_bytes=10)
+    assert results.problems(doc) == []
+    doc["trials"][0]["index_in_process"] = -1
+    assert results.problems(doc) == ["trials.0.index_in_process: Input should be greater than or "
+                                     "equal to 0"]
+    assert set(results.TRIAL_KEYS) == set(results.Trial.model_fields)
+    assert {"storage_read_bytes", "barrier_s", "node"} <= set(results.RANK_KEYS)
 
 
 def test_the_producers_document_validates_once_it_has_a_model_and_device():
@@ -147,7 +159,8 @@ def mutate(path: str, value):
 
 
 @pytest.mark.parametrize("path, value, reason", [
-    ("schema", None, "schema: is None; this reader understands loadbench.result/1, loadbench.result/2"),
+    ("schema", None, "schema: is None; this reader understands loadbench.result/1, loadbench.result/2, "
+     "loadbench.result/3"),
     ("schema", "loadbench.result/9", "schema: is 'loadbench.result/9'"),
     ("status", "fine", "status: Input should be 'ok' or 'error'"),
     ("trials.0.status", "great", "trials.0.status: Input should be 'ok', 'mismatch' or 'error'"),

@@ -1,0 +1,157 @@
+"""One library variant of a pod, start to finish, whatever runs the loads.
+
+The steps are the same for a single process and for tensor-parallel ranks:
+check the library, open the checkpoint, take the node's ceilings, prepare,
+run the trials, record the pod's phases, finish or fail the document. What
+differs (who loads, how a trial's record is made, what is stopped when a
+signal arrives) is a `Strategy`: `SingleProcess` here, `Ranks` in
+measure/tp_parent.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Protocol
+
+import torch
+
+from loadbench import config, loaders, models
+from loadbench.errors import EXIT_FAILED, EXIT_OK
+from loadbench.loaders.context import LoadContext
+from loadbench.measure import trial
+from loadbench.measure.document import now, where
+from loadbench.measure.pod import (
+    PodClock,
+    PodState,
+    Terminated,
+    failure,
+    log,
+    new_document,
+    node_ceilings,
+    require_library,
+    terminated,
+    trials_failed,
+)
+from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
+
+
+class Strategy(Protocol):
+    """How the loads of one variant are made: in this process, or by rank processes."""
+
+    def check(self, lib: str, mod: Any, doc: dict[str, Any]) -> None:
+        """Bad input for this strategy (e.g. no TP path) raises before any work."""
+
+    def files(self, ckpt: Checkpoint) -> list[str]:
+        """The files this variant's loads read (what cache modes act on)."""
+
+    def prepare(self, lib: str, mod: Any, options: dict[str, Any], ckpt: Checkpoint,
+                doc: dict[str, Any], own: list[dict[str, Any]]) -> None:
+        """Untimed work before the first trial."""
+
+    def trial(self, i: int) -> tuple[dict[str, Any], int]:
+        """One trial's record, and the exit code it asks for when it failed."""
+
+    def finish(self) -> None:
+        """After the last trial."""
+
+    def abort(self) -> str:
+        """A signal or an unexpected error: stop what runs; say what was stopped."""
+
+    def failed(self, doc: dict[str, Any], e: Exception, stage: str) -> int | None:
+        """Handle a failure this strategy knows better (None: the common handling)."""
+
+
+def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: config.Settings,
+                device: torch.device, state: PodState, clock: PodClock,
+                doc: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+    """One document for one library variant, and its exit code."""
+    doc = doc if doc is not None else new_document(lib, options, cfg, device)
+    label, spec = doc["label"], loaders.get(lib)
+    own: list[dict[str, Any]] = []
+    t = time.perf_counter()
+    done, code, stage = 0, EXIT_OK, "prepare"
+    try:
+        mod = require_library(lib, cfg, device, doc)
+        strategy.check(lib, mod, doc)
+        ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
+        files = strategy.files(ckpt)
+        doc["model"] = dict(ckpt.manifest["model"], format=spec.format,
+                            file_bytes=sum(os.path.getsize(p) for p in files), files=len(files))
+        doc["ceilings"] = node_ceilings(cfg, ckpt.weight_files, device, state, own)
+        strategy.prepare(lib, mod, options, ckpt, doc, own)
+        own.append({"name": "prepare", "seconds": time.perf_counter() - t
+                    - sum(p["seconds"] for p in own)})
+        t = time.perf_counter()
+        for i in range(cfg.num_trials):
+            stage = f"trial {i + 1}"
+            one, trial_code = strategy.trial(i)
+            doc["trials"].append(one)
+            done = i + 1
+            doc["io_mode"] = one.pop("io_mode", None) or doc["io_mode"]
+            doc["warnings"].extend(w for w in one.get("warnings") or [] if w not in doc["warnings"])
+            log(trial.line(label, i, cfg.num_trials, one))
+            code = max(code, trial_code)
+        stage = "the end of the trials"
+        strategy.finish()
+        own.append({"name": "trials", "seconds": time.perf_counter() - t})
+        beaten = sorted({x["ceiling"] for x in doc["trials"] if x.get("ceiling_beaten")})
+        if beaten and doc["ceilings"] is not None:
+            doc["ceilings"]["unreliable"] = beaten
+        if code:
+            trials_failed(doc)
+    except Terminated as e:
+        note = strategy.abort()
+        raise terminated(doc, e, done, cfg.num_trials, clock, own, note) from None
+    except Exception as e:
+        handled = strategy.failed(doc, e, stage)
+        if handled is None:
+            strategy.abort()
+            handled = failure(doc, e, label, where(e))
+        code = handled
+    except BaseException:
+        strategy.abort()
+        raise
+    doc["finished_at"] = now()
+    doc["pod"] = clock.record(own)
+    return doc, code
+
+
+class SingleProcess:
+    """TP_SIZE=1: this process loads, verifies and generates."""
+
+    def __init__(self, cfg: config.Settings, device: torch.device, state: PodState) -> None:
+        self.cfg, self.device, self.state = cfg, device, state
+        self.dtype = models.DTYPES[cfg.dtype]
+        self.inference = None if cfg.skip_inference else (cfg.max_new_tokens, cfg.inference_runs)
+
+    def check(self, lib: str, mod: Any, doc: dict[str, Any]) -> None:
+        pass
+
+    def files(self, ckpt: Checkpoint) -> list[str]:
+        return ckpt.weight_files
+
+    def prepare(self, lib: str, mod: Any, options: dict[str, Any], ckpt: Checkpoint,
+                doc: dict[str, Any], own: list[dict[str, Any]]) -> None:
+        self.mod, self.options, self.ckpt, self.doc = mod, options, ckpt, doc
+        # Import the architecture's modeling code once per pod, untimed: the first
+        # library would otherwise pay for every library's imports.
+        if not self.state.warmed:
+            models.skeleton(LoadContext(ckpt, self.device, self.dtype, options).config, self.dtype)
+            self.state.warmed = True
+
+    def trial(self, i: int) -> tuple[dict[str, Any], int]:
+        one, ctx = trial.run_trial(self.mod, self.ckpt, self.device, self.dtype, self.options,
+                                   self.cfg.cache_mode, self.doc["ceilings"], self.inference,
+                                   self.state.next_load())
+        one["io_mode"] = ctx.io_mode
+        return one, EXIT_OK if one["status"] == "ok" else EXIT_FAILED
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> str:
+        return ""
+
+    def failed(self, doc: dict[str, Any], e: Exception, stage: str) -> int | None:
+        return None
