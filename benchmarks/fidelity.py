@@ -22,27 +22,105 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBS = ("tensorizer", "safetensors", "huggingface", "huggingface-bin", "fastsafetensors",
-        "runai-streamer", "instanttensor", "flashpack")
+sys.path.insert(0, ROOT)
+from loadbench import loaders  # noqa: E402
+
+# Every library a user picks (the instrument is loadbench's own, with nothing bare to compare).
+LIBS = tuple(lib.name for lib in loaders.LIBRARIES if lib.role != "instrument")
 
 
 def weight_files(root: str, library: str) -> list[str]:
-    sys.path.insert(0, ROOT)
-    from loadbench import loaders
     from loadbench.storage.checkpoint import open_checkpoint
     return open_checkpoint(root, loaders.get(library).format).weight_files
 
 
-def bare(root: str, library: str, mode: str) -> float:
-    """One load as a user writes it; returns seconds (skeleton + weights + sync)."""
-    sys.path.insert(0, ROOT)
+# --- bare: each library's documented minimal usage ----------------------------------------
+# Imports happen before the clock, as at the top of a user's program (loadbench imports the
+# library untimed too); the clock covers skeleton + weights + device sync on both sides.
+# Sources of the calls (the versions in benchmarks/gpu-wheels.txt):
+#   tensorizer README "Deserialization": TensorDeserializer(path, device=...).load_into_module(model)
+#   safetensors docs "torch API": safetensors.torch.load_file(path, device="cuda")
+#   transformers docs: AutoModelForCausalLM.from_pretrained(path, dtype=..., device_map="cuda")
+#   fastsafetensors README: SafeTensorsFileLoader(SingleGroup(), device, nogds=True), copy_files_to_device()
+#   runai-model-streamer README: SafetensorsStreamer().stream_files(paths); get_tensors()
+#   instanttensor README: safe_open(paths, framework="pt", device=...) and f.tensors()
+#   flashpack README: read_flashpack_file(path, device=...) and iterate_from_flash_tensor
+
+def _tensorizer(paths: list[str], model: Any, device: str) -> dict[str, Any]:
+    from tensorizer import TensorDeserializer
+    d = TensorDeserializer(paths[0], device=device)
+    d.load_into_module(model)
+    d.close()
+    return {}
+
+
+def _safetensors(paths: list[str], model: Any, device: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+    state: dict[str, Any] = {}
+    for p in paths:
+        state.update(load_file(p, device=device))
+    return state
+
+
+def _fastsafetensors(paths: list[str], model: Any, device: str) -> dict[str, Any]:
+    from fastsafetensors import SafeTensorsFileLoader, SingleGroup
+    loader = SafeTensorsFileLoader(SingleGroup(), device, nogds=True)
+    loader.add_filenames({0: paths})
+    fb = loader.copy_files_to_device()
+    state = {k: fb.get_tensor(k) for k in loader.get_keys()}
+    fb.close()
+    loader.close()
+    return state
+
+
+def _runai(paths: list[str], model: Any, device: str) -> dict[str, Any]:
+    from runai_model_streamer import SafetensorsStreamer
+    state = {}
+    with SafetensorsStreamer() as s:
+        s.stream_files(paths)
+        for name, t in s.get_tensors():
+            state[name] = t.to(device, non_blocking=True)
+    return state
+
+
+def _instanttensor(paths: list[str], model: Any, device: str) -> dict[str, Any]:
+    import torch
+    from instanttensor import Backend, safe_open
+    backend = os.environ.get("IT_BACKEND")  # the same backend on both sides (loadbench reads it too)
+    kwargs = {"backend": getattr(Backend, backend)} if backend and backend != "default" else {}
+    with safe_open(list(paths), framework="pt", device=torch.device(device), **kwargs) as f:
+        return dict(f.tensors())
+
+
+def _flashpack(paths: list[str], model: Any, device: str) -> dict[str, Any]:
+    from flashpack.deserialization import iterate_from_flash_tensor, read_flashpack_file
+    storage, meta = read_flashpack_file(paths[0], device=device, silent=True)
+    return dict(iterate_from_flash_tensor(storage, meta))
+
+
+BARE: dict[str, Any] = {"tensorizer": _tensorizer, "safetensors": _safetensors,
+                        "huggingface": None, "huggingface-bin": None,  # from_pretrained, no skeleton
+                        "fastsafetensors": _fastsafetensors, "runai-streamer": _runai,
+                        "instanttensor": _instanttensor, "flashpack": _flashpack}
+PACKAGES = {"tensorizer": "tensorizer", "safetensors": "safetensors.torch", "fastsafetensors":
+            "fastsafetensors", "runai-streamer": "runai_model_streamer", "instanttensor": "instanttensor",
+            "flashpack": "flashpack.deserialization", "huggingface": "transformers",
+            "huggingface-bin": "transformers"}
+
+
+def bare(root: str, library: str, mode: str) -> dict[str, float]:
+    """One load as a user writes it: the same phases loadbench times."""
+    import importlib
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from loadbench.models import skeleton  # the same meta skeleton loadbench times
     from loadbench.storage import cache
+    importlib.import_module(PACKAGES[library])  # the user's `import`, before any clock
     with open(os.path.join(root, "manifest.json")) as f:
         dtype = getattr(torch, json.load(f)["model"]["dtype"])
     torch.zeros(1, device="cuda")
@@ -54,51 +132,26 @@ def bare(root: str, library: str, mode: str) -> float:
     folder = os.path.dirname(paths[0])
 
     start = time.perf_counter()
-    if library.startswith("huggingface"):
+    skeleton_at = start
+    if BARE[library] is None:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map="cuda",
                                                      use_safetensors=library == "huggingface")
     else:
         model = skeleton(config, dtype)
-        state: dict = {}
-        if library == "tensorizer":
-            from tensorizer import TensorDeserializer
-            d = TensorDeserializer(paths[0], device="cuda")
-            d.load_into_module(model)
-            d.close()
-        elif library == "safetensors":
-            from safetensors.torch import load_file
-            for p in paths:
-                state.update(load_file(p, device="cuda"))
-        elif library == "fastsafetensors":
-            from fastsafetensors import SafeTensorsFileLoader, SingleGroup
-            loader = SafeTensorsFileLoader(SingleGroup(), "cuda:0", nogds=True)
-            loader.add_filenames({0: paths})
-            fb = loader.copy_files_to_device()
-            state = {k: fb.get_tensor(k) for k in loader.get_keys()}
-            fb.close()
-            loader.close()
-        elif library == "runai-streamer":
-            from runai_model_streamer import SafetensorsStreamer
-            with SafetensorsStreamer() as s:
-                s.stream_files(paths)
-                for name, t in s.get_tensors():
-                    state[name] = t.to("cuda", non_blocking=True)
-        elif library == "instanttensor":
-            from instanttensor import safe_open
-            with safe_open(list(paths), framework="pt", device=torch.device("cuda", 0)) as f:
-                state = dict(f.tensors())
-        elif library == "flashpack":
-            from flashpack.deserialization import iterate_from_flash_tensor, read_flashpack_file
-            storage, meta = read_flashpack_file(paths[0], device="cuda:0", silent=True)
-            state = dict(iterate_from_flash_tensor(storage, meta))
+        skeleton_at = time.perf_counter()
+        state = BARE[library](paths, model, "cuda:0")
         if state:
             model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
     torch.cuda.synchronize()
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return {"total_s": end - start, "skeleton_s": skeleton_at - start, "weights_s": end - skeleton_at}
 
 
-def loadbench_side(root: str, library: str, mode: str) -> float:
+PHASES = ("total_s", "skeleton_s", "weights_s")
+
+
+def loadbench_side(root: str, library: str, mode: str) -> dict[str, float]:
     env = dict(os.environ, MODEL_PATH=root, LIBRARIES=library, CACHE_MODE=mode, NUM_TRIALS="1",
                CEILINGS="0", SKIP_INFERENCE="1", RESULT_LINES="1", RES_PATH="/tmp/fidelity-res",
                DEVICE="cuda", PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
@@ -110,16 +163,17 @@ def loadbench_side(root: str, library: str, mode: str) -> float:
         if line.startswith("LOADBENCH_RESULT "):
             doc = json.loads(line[len("LOADBENCH_RESULT "):])
             if doc["trials"] and doc["trials"][0]["status"] == "ok":
-                return doc["trials"][0]["total_s"]
+                t = doc["trials"][0]
+                return {k: t[k] or 0.0 for k in PHASES}
     raise RuntimeError(f"loadbench {library} {mode} failed: {proc.stderr.strip()[-300:]}")
 
 
-def bare_side(root: str, library: str, mode: str) -> float:
+def bare_side(root: str, library: str, mode: str) -> dict[str, float]:
     proc = subprocess.run([sys.executable, __file__, "--model-path", root, "--one", library, mode],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"bare {library} {mode} failed: {proc.stderr.strip()[-300:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def interval(a: list[float], b: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
@@ -130,17 +184,40 @@ def interval(a: list[float], b: list[float], n: int = 5000, seed: int = 0) -> tu
     return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
 
 
-def report(samples: dict) -> list[dict]:
+def report(samples: dict[str, dict[str, list[dict[str, float]]]]) -> list[dict[str, Any]]:
+    """Per library and mode: the ratio loadbench/bare of the weights phase (the target: within
+    +-3%, its bootstrap interval inside +-5%), and of the total and skeleton, with n."""
     rows = []
     for key, s in samples.items():
         a, b = s["loadbench"], s["bare"]
         if len(a) < 2 or len(b) < 2:
             continue
-        lo, hi = interval(a, b)
-        rows.append({"library": key.split("|")[0], "mode": key.split("|")[1], "n": min(len(a), len(b)),
-                     "loadbench_median_s": statistics.median(a), "bare_median_s": statistics.median(b),
-                     "ratio": statistics.median(a) / statistics.median(b), "ci95": [lo, hi]})
+        row: dict[str, Any] = {"library": key.split("|")[0], "mode": key.split("|")[1],
+                               "n": min(len(a), len(b))}
+        for phase in PHASES:
+            xa, xb = [x[phase] for x in a], [x[phase] for x in b]
+            name = phase.removesuffix("_s")
+            row[f"loadbench_{name}_median_s"] = statistics.median(xa)
+            row[f"bare_{name}_median_s"] = statistics.median(xb)
+            if statistics.median(xb) > 0:
+                row[f"{name}_ratio"] = statistics.median(xa) / statistics.median(xb)
+                row[f"{name}_ci95"] = list(interval(xa, xb))
+        row["ratio"], row["ci95"] = row.get("weights_ratio"), row.get("weights_ci95")
+        row["within_3pct"] = row["ratio"] is not None and abs(row["ratio"] - 1) <= 0.03
+        rows.append(row)
     return rows
+
+
+def save(path: str | None, samples: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Written after every sample (atomically), so a run killed at its deadline keeps what it
+    measured."""
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"schema": "loadbench.fidelity/2", **meta, "samples": samples,
+                   "ratios": report(samples)}, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -149,38 +226,48 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=7, help="samples per side per cell")
     ap.add_argument("--libraries", default=",".join(LIBS))
     ap.add_argument("--modes", default="warm,cold")
-    ap.add_argument("--out", help="samples and ratios (JSON)")
-    ap.add_argument("--deadline", type=float, default=1e9, help="seconds for the whole run")
+    ap.add_argument("--out", help="samples and ratios (JSON), rewritten after every sample")
+    ap.add_argument("--deadline", type=float, default=1e9,
+                    help="seconds for the whole run; a sample that could not finish is not started")
     ap.add_argument("--one", nargs=2, metavar=("LIBRARY", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps({"seconds": bare(args.model_path, *args.one)}))
+        print(json.dumps(bare(args.model_path, *args.one)))
         return 0
+    unknown = set(args.libraries.split(",")) - set(LIBS)
+    if unknown:
+        ap.error(f"--libraries: {', '.join(sorted(unknown))} not in {', '.join(LIBS)}")
     end = time.monotonic() + args.deadline
-    samples: dict[str, dict[str, list[float]]] = {}
+    meta = {"model_path": args.model_path, "it_backend": os.environ.get("IT_BACKEND"),
+            "rule": "ratio = median(loadbench weights_s) / median(bare weights_s); fresh process "
+                    "per sample, interleaved ABBA; bootstrap 95% interval, 5000 resamples"}
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {}
+    longest: dict[str, float] = {}  # the longest pair of each cell so far: what a sample may need
     for i in range(args.samples):  # round-robin: a deadline leaves every cell with equal samples
         for mode in args.modes.split(","):
             for lib in args.libraries.split(","):
-                if time.monotonic() > end:
-                    break
-                cell = samples.setdefault(f"{lib}|{mode}", {"loadbench": [], "bare": []})
+                key = f"{lib}|{mode}"
+                if time.monotonic() + 1.2 * longest.get(key, 0.0) > end:
+                    print(f"deadline: {key} sample {i + 1} not started", flush=True)
+                    continue
+                cell = samples.setdefault(key, {"loadbench": [], "bare": []})
                 order = [("loadbench", loadbench_side), ("bare", bare_side)]
                 if i % 2:
                     order.reverse()  # ABBA: neither side always goes first
+                t0 = time.monotonic()
                 for side, fn in order:
                     try:
                         cell[side].append(fn(args.model_path, lib, mode))
                     except RuntimeError as e:
                         print(e, flush=True)
+                longest[key] = max(longest.get(key, 0.0), time.monotonic() - t0)
+                save(args.out, samples, meta)
                 print(f"{mode} {lib} sample {i + 1}: loadbench {cell['loadbench'][-1:]} "
                       f"bare {cell['bare'][-1:]}", flush=True)
-    rows = report(samples)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"samples": samples, "ratios": rows}, f, indent=1)
-    for r in rows:
-        print(f"{r['library']:16} {r['mode']:5} n={r['n']}  loadbench/bare = {r['ratio']:.3f} "
-              f"(95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})", flush=True)
+    save(args.out, samples, meta)
+    for r in report(samples):
+        print(f"{r['library']:16} {r['mode']:5} n={r['n']}  weights loadbench/bare = {r['ratio']:.3f} "
+              f"(95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}); total {r['total_ratio']:.3f}", flush=True)
     return 0
 
 
