@@ -13,7 +13,14 @@
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository. Results go to $OUT:
 # results.tar.gz (documents, node ceilings), manifest.json, logs.
 set -u
-[ $# -gt 0 ] || { echo "usage: $0 PHASE[:ROUNDS] ..." >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") usage >&2; exit 2 ;;
+esac
+for spec in "$@"; do  # every phase is checked before any work starts
+  case ${spec%%:*} in save|cold|warm|fidelity|smoke) ;; *) echo "unknown phase ${spec%%:*}" >&2; usage >&2; exit 2 ;; esac
+done
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -26,7 +33,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 WORK=${WORK:-/root/loadbench-work}
 MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
-export DTYPE=${DTYPE:-bfloat16} DEVICE=cuda MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=8
+export DTYPE=${DTYPE:-bfloat16} DEVICE=cuda MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=${CEILING_SECONDS:-4}
 export RESULT_LINES=0 CEILINGS=reuse NODE_NAME=${NODE_NAME:-$(hostname)}
 DEADLINE=$((SECONDS + ${BUDGET:-540}))
 ALL=tensorizer,safetensors,huggingface-bin,flashpack
@@ -84,9 +91,9 @@ for spec in "$@"; do
       # The device budget holds 3 cold rounds (all disk-bound, ~7-9 s each) and 5 warm ones.
       [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
       trials "$phase" "$rounds" ;;
-    fidelity) save; python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
-                --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack}" \
-                --out "$OUT/fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
+    fidelity) save; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
+                --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack,runai-streamer}" \
+                --out "$OUT/${MODEL}-fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
     smoke)
       MODEL_ID=random/llama-tiny MODEL_PATH=/tmp/smoke/m RES_PATH=/tmp/smoke/r LIBRARIES=$ALL \
         python3 save_models.py 2>&1 | tail -8

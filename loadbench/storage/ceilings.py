@@ -3,8 +3,11 @@
 Measured in the pod, on the checkpoint's own files, each bounded in time:
 - storage read: the files read with O_DIRECT (bypassing the page cache) and,
   evicted, with buffered reads, each with several thread counts and block
-  sizes; the best is kept and the spread recorded (a loader that beats a
+  sizes, and with fio (O_DIRECT, libaio, iodepth 16 and 64) where it is on
+  PATH; the best single-process figure is kept and the spread recorded (a loader that beats a
   4-second, one-shape sample proved it was no ceiling);
+- storage read aggregate: 1, 2 and 4 reader processes at once (and fio's
+  multi-job runs where fio is on PATH): what concurrent pods can share;
 - page-cache read: the same files, fully resident, read buffered;
 - host-to-device: pinned and pageable host buffers copied to the device.
 
@@ -25,6 +28,9 @@ import fcntl
 import json
 import mmap
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -45,10 +51,13 @@ BEATEN_MARGIN = 0.03
 SHAPES = ((4, 1 << 20), (16, 8 << 20), (32, 32 << 20), (64, 8 << 20))
 
 
-def _timed_reads(paths: list[str], seconds: float, direct: bool, threads: int = THREADS,
-                 block: int = BLOCK) -> tuple[int, float]:
-    """Read the files in `block` pieces from `threads` threads until done or out of time."""
+def timed_reads(paths: list[str], seconds: float, direct: bool, threads: int = THREADS,
+                block: int = BLOCK, rotate: float = 0.0) -> tuple[int, float]:
+    """Read the files in `block` pieces from `threads` threads until done or out of time.
+    `rotate` starts that fraction into the files (concurrent readers do not march in step)."""
     jobs = [(p, off) for p in paths for off in range(0, os.path.getsize(p), block)]
+    cut = int(len(jobs) * rotate)
+    jobs = jobs[cut:] + jobs[:cut]
     jobs.reverse()  # pop() takes them in file order, as a sequential loader would
     lock = threading.Lock()
     total = [0]
@@ -103,12 +112,25 @@ def storage_read(paths: list[str], seconds: float) -> dict[str, Any]:
     """
     tries: dict[str, Any] = {}
     per_try = max(seconds / 2, 0.05)
+    if shutil.which("fio"):
+        for numjobs, iodepth in FIO_SHAPES:
+            key = f"fio-direct-{numjobs}j-qd{iodepth}"
+            cache.evict(paths)
+            try:
+                tries[key] = _fio(paths, per_try, True, numjobs, iodepth)
+            except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+                tries[key] = {"gbps": None, "method": f"fio refused: {e}"}
+        cache.evict(paths)
+        try:
+            tries["fio-buffered-4j"] = _fio(paths, per_try, False, 4, 1)
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+            tries["fio-buffered-4j"] = {"gbps": None, "method": f"fio refused: {e}"}
     for direct in (True, False):
         for threads, block in SHAPES:
             key = f"{'direct' if direct else 'buffered'}-{threads}x{block >> 20}M"
             cache.evict(paths)
             try:
-                tries[key] = _result(*_timed_reads(paths, per_try, direct, threads, block),
+                tries[key] = _result(*timed_reads(paths, per_try, direct, threads, block),
                                      f"{'O_DIRECT' if direct else 'evicted, then buffered reads'}, "
                                      f"{threads} threads, {block >> 20} MiB blocks")
             except OSError as e:
@@ -116,6 +138,74 @@ def storage_read(paths: list[str], seconds: float) -> dict[str, Any]:
                                                       f"refused: {e}"}
                 if direct:
                     break  # the filesystem refuses O_DIRECT: no other shape will differ
+    cache.evict(paths)
+    rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
+    # One process's figure: fio's multi-job runs are several processes, so they count only
+    # towards the aggregate.
+    single = [t for k, t in tries.items() if t.get("gbps") and not (k.startswith("fio") and
+                                                                   "-1j-" not in k)]
+    best = max(single, key=lambda t: t["gbps"])
+    return dict(best, tries=tries, spread={"min_gbps": min(rates), "max_gbps": max(rates),
+                                           "tries": len(rates)})
+
+
+READERS = (2, 4)  # concurrent reader processes for the aggregate (1 is the single-process figure)
+FIO_SHAPES = ((1, 16), (1, 64), (4, 16), (4, 64))  # (numjobs, iodepth), O_DIRECT, 8 MiB blocks
+
+
+def _fio(paths: list[str], seconds: float, direct: bool, numjobs: int, iodepth: int) -> dict[str, Any]:
+    """fio, as storage engineers measure a disk: sequential reads of the checkpoint's own files."""
+    names = ":".join(p.replace(":", "\\:") for p in paths)
+    engine = ["--ioengine=libaio", f"--iodepth={iodepth}"] if direct else ["--ioengine=psync"]
+    cmd = ["fio", "--name=loadbench", f"--filename={names}", "--rw=read", "--bs=8M",
+           f"--direct={int(direct)}", f"--numjobs={numjobs}", "--group_reporting",
+           f"--runtime={max(1, round(seconds))}", "--readonly", "--output-format=json", *engine]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode:
+        raise OSError(f"fio exited {proc.returncode}: {proc.stderr.strip()[-200:]}")
+    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    read = out["jobs"][0]["read"]
+    seconds_run = read["runtime"] / 1000 if read.get("runtime") else seconds
+    how = f"libaio iodepth {iodepth}" if direct else "psync, evicted first"
+    return _result(int(read["io_bytes"]), seconds_run,
+                   f"fio {out.get('fio version', '')}, {'O_DIRECT' if direct else 'buffered'}, {how}, "
+                   f"{numjobs} job(s), 8 MiB blocks")
+
+
+def concurrent_readers(paths: list[str], seconds: float, direct: bool, threads: int, block: int,
+                       n: int) -> dict[str, Any]:
+    """N reader processes started together, each reading the checkpoint as one pod would: the
+    aggregate GB/s is what N concurrent cold pods can share on this node."""
+    cache.evict(paths)
+    start_at = time.time() + 1.0  # every process imported and waiting before the first read
+    job = {"paths": paths, "seconds": seconds, "direct": direct, "threads": threads, "block": block,
+           "start_at": start_at}
+    procs = [subprocess.Popen([sys.executable, "-m", "loadbench.storage.readers",
+                               json.dumps(dict(job, rotate=i / n))], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    done = [p.communicate(timeout=seconds + 120) for p in procs]
+    bad = [err.strip()[-200:] for p, (_, err) in zip(procs, done) if p.returncode]
+    if bad:
+        raise OSError(f"a reader process failed: {bad[0]}")
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in done]
+    span = max(g["end"] for g in got) - min(g["start"] for g in got)
+    return _result(sum(g["bytes"] for g in got), span,
+                   f"{n} reader processes at once, {'O_DIRECT' if direct else 'evicted, buffered'}, "
+                   f"{threads} threads x {block >> 20} MiB each")
+
+
+def storage_aggregate(paths: list[str], seconds: float, single: dict[str, Any]) -> dict[str, Any]:
+    """The node's storage read for 1, 2 and 4 concurrent readers; the best aggregate is kept.
+    With fio on PATH its multi-job runs are tries too."""
+    direct = single.get("method", "").startswith("O_DIRECT")
+    shape = next(((t, b) for t, b in SHAPES if f"{t} threads, {b >> 20} MiB" in single.get("method", "")),
+                 SHAPES[1])
+    tries: dict[str, Any] = {"readers-1": {k: single[k] for k in ("gbps", "bytes", "seconds", "method")}}
+    for n in READERS:
+        try:
+            tries[f"readers-{n}"] = concurrent_readers(paths, max(seconds / 2, 0.05), direct, *shape, n)
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
+            tries[f"readers-{n}"] = {"gbps": None, "method": f"{n} readers failed: {e}"}
     cache.evict(paths)
     rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
     best = max((t for t in tries.values() if t.get("gbps")), key=lambda t: t["gbps"])
@@ -128,7 +218,7 @@ def page_cache_read(paths: list[str], seconds: float) -> dict[str, Any]:
     resident = cache.residency(paths)
     best: dict[str, Any] | None = None
     for threads, block in SHAPES[1:]:
-        r = _result(*_timed_reads(paths, seconds / 2, False, threads, block),
+        r = _result(*timed_reads(paths, seconds / 2, False, threads, block),
                     f"resident files ({resident:.0%}), buffered, {threads} threads, {block >> 20} MiB")
         if best is None or (r["gbps"] or 0) > (best["gbps"] or 0):
             best = r
@@ -163,6 +253,14 @@ def measure(paths: list[str], device: torch.device, seconds: float,
     out: dict[str, Any] = {}
     progress(f"ceilings: storage read of {len(paths)} file(s) (<= {seconds:g} s)")
     out["storage_read"] = storage_read(paths, seconds)
+    progress(f"ceilings: storage read by 1, 2 and 4 concurrent reader processes (<= {seconds:g} s)")
+    out["storage_read_aggregate"] = storage_aggregate(paths, seconds, out["storage_read"])
+    fio = {k: t for k, t in out["storage_read"]["tries"].items() if k.startswith("fio") and
+           "-1j-" not in k and t.get("gbps")}
+    if fio:  # fio's multi-job runs are concurrent readers too
+        out["storage_read_aggregate"]["tries"].update(fio)
+        best = max(out["storage_read_aggregate"]["tries"].values(), key=lambda t: t.get("gbps") or 0)
+        out["storage_read_aggregate"].update({k: best[k] for k in ("gbps", "bytes", "seconds", "method")})
     progress(f"ceilings: page-cache read (<= {seconds:g} s)")
     out["page_cache_read"] = page_cache_read(paths, seconds)
     if device.type == "cuda":

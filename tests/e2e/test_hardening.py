@@ -210,6 +210,9 @@ def test_ceilings_are_measured_once_per_node_and_reused(saved_model, tmp_path):
     stored = json.loads(node_file.read_text())
     assert stored["ceilings"]["storage_read"]["gbps"] > 0
     assert stored["ceilings"]["storage_read"]["spread"]["tries"] >= 2
+    aggregate = stored["ceilings"]["storage_read_aggregate"]
+    assert {"readers-1", "readers-2", "readers-4"} <= set(aggregate["tries"]), aggregate["tries"]
+    assert aggregate["tries"]["readers-4"]["gbps"] > 0 and aggregate["gbps"] > 0
     assert node_file.name.endswith(f"-{stored['filesystem']['dev']}.json") and stored["filesystem"]["mount"]
     reused = next(d for d in docs if d["ceilings"]["source"] == "reused")
     assert reused["ceilings"]["storage_read"]["gbps"] == stored["ceilings"]["storage_read"]["gbps"]
