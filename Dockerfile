@@ -1,8 +1,11 @@
-# One image for both jobs (save_models.py and deserialize_benchmark.py).
+# One image for both jobs (save_models.py and deserialize_benchmark.py): `make image IMAGE=...`.
 # The base is pinned by exact tag. For reproducible builds pin it by digest too:
 #   docker buildx imagetools inspect pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
-# then write FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime@sha256:<digest>.
-FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+# then build with --build-arg BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime@sha256:<digest>.
+# Any base with `python` and `pip` on PATH, torch >= 2.8 installed and apt works (tests/image builds
+# this file on a Debian base with CPU torch).
+ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
 # PYTHONPATH: the Jobs run `python -m loadbench...` from /data (the matrix launcher, the
 # collection helper), so the package must import from anywhere, as localjob's pods do.
@@ -13,13 +16,17 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
+# fio: storage ceilings are measured the way storage engineers do, with fio where present. Not
+# pinned: the version is the base distribution's (Ubuntu in the default base, Debian in tests/image).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fio \
+ && rm -rf /var/lib/apt/lists/*
+
 # torch comes with the base image; every range in requirements.txt accepts it (instanttensor
 # needs torch >= 2.8, hence this base), so pip installs nothing CUDA-sized on top.
 COPY requirements.txt requirements-peers.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -r requirements-peers.txt
-
-COPY loadbench/ ./loadbench/
-COPY save_models.py deserialize_benchmark.py collect_results.py plot_results.py ./
 
 # Non-root, with a home for library caches (mounted as an emptyDir in the Jobs,
 # so the root filesystem can stay read-only).
@@ -27,6 +34,10 @@ RUN groupadd --gid 10001 loadbench \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/loadbench loadbench \
  && mkdir -p /data/loadbench-data/models /data/results \
  && chown -R 10001:10001 /data
+
+# The code last, so a change to it rebuilds only these layers. Owned by root: not writable at run time.
+COPY loadbench/ ./loadbench/
+COPY save_models.py deserialize_benchmark.py collect_results.py plot_results.py ./
 
 # The pods' working directory. The Jobs mount the PVC's models/ and results/ folders at
 # the two paths made above, so the derived MODEL_PATH (loadbench-data/models/<model name>)

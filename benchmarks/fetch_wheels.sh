@@ -2,6 +2,23 @@
 # Download the wheels of benchmarks/gpu-wheels.txt into .whl/ for a machine with no internet
 # (Python 3.12, x86_64 manylinux). Then: pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 set -euo pipefail
+usage() {
+  cat <<'USAGE'
+usage: benchmarks/fetch_wheels.sh [-h|--help]
+
+Download the wheels pinned in benchmarks/gpu-wheels.txt into .whl/ (for Python PY_VERSION,
+default 3.12, x86_64 manylinux), for a GPU machine with no internet. Then, there:
+  pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+
+environment:
+  PY_VERSION  the target machine's Python (default 3.12)
+USAGE
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) usage >&2; echo "fetch_wheels.sh: unknown argument ${1}" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 PY=${PY_VERSION:-3.12}
 platforms=()

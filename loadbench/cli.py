@@ -4,6 +4,7 @@
     loadbench bench     # deserialize_benchmark.py
     loadbench report    # plot_results.py
     loadbench collect   # collect_results.py
+    loadbench --version
 
 Every command has --help, which prints and touches nothing. save and bench
 are configured by environment variables (as in the Job manifests) and take
@@ -16,18 +17,21 @@ import argparse
 import os
 import sys
 
-from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_TRANSIENT, BadInput, Transient, one_line
+from loadbench import __version__
+from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_MEANINGS, exit_code, one_line
 from loadbench.terminal import logger
 
-EXIT_CODES = """exit codes:
-  0    every trial (or the save) succeeded
-  1    a trial failed or mismatched, or an unexpected error (a retry may help)
-  2    bad configuration or input no retry fixes: unknown library or value, malformed MODEL_ID,
-       missing/truncated checkpoint, DEVICE=cuda without a GPU, a library not installed or one
-       that needs CUDA on a CPU, not enough disk for the save
-  3    transient: the model hub could not be reached
-  4    a result document could not be written (its LOADBENCH_RESULT line is still on stdout)
-  130  interrupted (SIGINT), 143 terminated (SIGTERM): an error document says during which trial"""
+# The meanings are errors.EXIT_MEANINGS; the examples say which failures fall under each code.
+EXAMPLES = {
+    EXIT_BAD_INPUT: "unknown library or value, malformed MODEL_ID, missing/truncated checkpoint,\n"
+                    "DEVICE=cuda without a GPU, a library not installed or one that needs CUDA on a CPU,\n"
+                    "not enough disk for the save",
+}
+EXIT_CODES = "\n".join(
+    ["exit codes:"]
+    + [f"  {code:<3}  {meaning}" + "".join(f"\n       {line}" for line in EXAMPLES.get(code, "").splitlines())
+       for code, meaning in EXIT_MEANINGS.items()]
+    + ["  130  interrupted (SIGINT), 143 terminated (SIGTERM): an error document says during which trial"])
 
 SAVE_VARS = ("MODEL_ID", "MODEL_PATH", "DTYPE", "USE_FP16", "RANDOM_SEED", "SHARD_SIZE", "TP_SIZE",
              "NUM_TRIALS", "LIBRARIES", "SKIP_TZR", "SKIP_ST", "SKIP_HF", "DEVICE")
@@ -50,9 +54,9 @@ def _parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser
 
 def _env_only(prog: str, description: str, names: tuple[str, ...] | None, example: str,
               argv: list[str] | None) -> None:
+    """--help for a command configured only by environment variables; exits on --help or junk."""
     if argv is not None and PROG_OVERRIDE:
         prog = PROG_OVERRIDE[-1]
-    """--help for a command configured only by environment variables; exits on --help or junk."""
     ap = _parser(prog, description, f"{_env_help(names)}\n\n{EXIT_CODES}\n\nexample:\n  {example}")
     ap.parse_args(sys.argv[1:] if argv is None else argv)  # exits 0 on --help, 2 on junk
 
@@ -61,27 +65,25 @@ def save_main(argv: list[str] | None = None, environ: dict[str, str] | None = No
     _env_only("save_models.py", "Save MODEL_ID in every format the requested libraries read, with a "
               "checksum of every tensor in manifest.json (written last).", SAVE_VARS,
               "MODEL_ID=random/gpt-j-6b DEVICE=cuda python save_models.py", argv)
-    from loadbench import config
+    from loadbench.config.settings import load as load_settings
     from loadbench.measure import saving
     log = logger("save_models")
     env = dict(os.environ if environ is None else environ)
     try:
-        cfg = config.load(env)
+        cfg = load_settings(env)
         manifest = saving.save_all(cfg, log)
-    except BadInput as e:
-        log(f"error: {one_line(e)}")
-        return EXIT_BAD_INPUT
-    except Transient as e:
-        log(f"error: {one_line(e)}")
-        return EXIT_TRANSIENT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         log("interrupted: the checkpoint stays incomplete (no manifest.json); run the save again")
-        return 130
+        return exit_code(e)
     except Exception as e:
-        import traceback
-        traceback.print_exc()
-        log(f"error: saving failed: {one_line(e)}")
-        return EXIT_FAILED
+        code = exit_code(e)
+        if code == EXIT_FAILED:  # unexpected: the traceback says where
+            import traceback
+            traceback.print_exc()
+            log(f"error: saving failed: {one_line(e)}")
+        else:
+            log(f"error: {one_line(e)}")
+        return code
     print("\n" + saving.summary(manifest), file=sys.stderr)
     log(f"checkpoint complete: {os.path.join(cfg.model_path, 'manifest.json')}")
     return 0
@@ -112,11 +114,15 @@ PROG_OVERRIDE: list[str] = []  # `loadbench save --help` says `loadbench save`, 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--version"]:
+        print(f"loadbench {__version__}")
+        return 0
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        print(__doc__.strip().split("\n\n")[0] + "\n\n" + "\n".join(
-            f"  loadbench {c} --help" for c in COMMANDS), file=sys.stderr if args and args[0] not in
-              ("-h", "--help") else sys.stdout)
-        return 0 if args and args[0] in ("-h", "--help") else EXIT_BAD_INPUT
+        asked = bool(args) and args[0] in ("-h", "--help")
+        usage = [f"  loadbench {c} --help" for c in COMMANDS] + ["  loadbench --version"]
+        print(__doc__.strip().split("\n\n")[0] + "\n\n" + "\n".join(usage),
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else EXIT_BAD_INPUT
     PROG_OVERRIDE.append(f"loadbench {args[0]}")
     return COMMANDS[args[0]](args[1:])
 

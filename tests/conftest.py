@@ -11,15 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from loadbench import loaders
+from loadbench.config import SETTINGS
+
 ROOT = Path(__file__).resolve().parent.parent
-FORMAT_LIBRARIES = "tensorizer,safetensors,huggingface-bin,flashpack"
-OWN_VARS = ("MODEL_", "RES_", "NUM_", "SKIP_", "LIBRARIES", "CACHE_", "DTYPE", "DEVICE", "RUN_ID", "TZR_",
-            "CEILING", "FST_", "RUNAI_", "IT_", "FP_", "REF_", "RESULT_", "INFERENCE_", "SHARD_", "MAX_NEW")
+# The libraries that write a format a CPU can load: the owner of every format, unless it needs CUDA.
+FORMAT_LIBRARIES = ",".join(lib.name for lib in loaders.LIBRARIES if lib.owns_format and not lib.needs_cuda)
+# Every variable loadbench declares (the settings table: seed names, TP_SIZE, USE_FP16, each
+# library's options, LOADBENCH_PLUGINS), and those it reads or sets without declaring them: the
+# peers' own tuning (set per load by their loaders) and torch.distributed's group (WORLD_SIZE...).
+OWN_VARS = frozenset(s.name for s in SETTINGS)
+FOREIGN_PREFIXES = ("FASTSAFETENSORS_", "RUNAI_STREAMER_", "FLASHPACK_", "INSTANTTENSOR_", "TENSORIZER_")
+FOREIGN_VARS = frozenset({"WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"})
+
+
+def loadbench_var(name: str) -> bool:
+    return name in OWN_VARS or name in FOREIGN_VARS or name.startswith(FOREIGN_PREFIXES)
 
 
 def clean_env(env: dict[str, str]) -> dict[str, str]:
     """This process's environment without loadbench's variables, plus `env`."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARS)}
+    full = {k: v for k, v in os.environ.items() if not loadbench_var(k)}
     # ROOT first, and whatever the caller's PYTHONPATH holds after it (a GPU machine's carried wheels).
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     full.update({"PYTHONPATH": path, "DEVICE": "cpu", "PYTHONUNBUFFERED": "1", "CEILINGS": "0"})

@@ -5,6 +5,7 @@ In a notebook:
     from loadbench.analysis import load, table
     df = load("results/")     # one row per trial; df.attrs["skipped"] lists files that are not documents
     table(df)                 # one row per library configuration and cache state, every statistic
+                              # (of first-in-process trials: df["index_in_process"] == 0)
 
 `loadbench.analysis.frame.frame(docs)` builds the same trial frame from documents already in memory.
 The names are imported on first use, so `plot_results.py --help` never waits for pandas.

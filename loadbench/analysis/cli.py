@@ -1,11 +1,12 @@
 """plot_results.py: read every result document, compute, draw, write the report.
 
-Thin on purpose: the numbers come from frame.py and summary.py, the pictures
-from figures.py, the page from html.py; this module reads arguments, shows
-progress on long inputs (a line every few seconds while reading, every 500
-documents while tabulating, each figure group), writes the files and ends with
-a short summary. Invalid documents are listed with the reasons schema.read_many
-gives and never stop the report.
+Thin on purpose: the numbers come from frame.py and summary.py (which gathers
+groups, views, apart, pods, tp and blocks), the pictures from figures.py, the
+page from html.py; this module reads arguments, shows progress on long inputs
+(a line every few seconds while reading, every 500 documents while tabulating,
+each figure group), writes the files and ends with a short summary. Invalid
+documents are listed with the reasons schema.read_many gives and never stop
+the report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from loadbench import schema
@@ -33,8 +35,11 @@ DESCRIPTION = """\
 Turn a folder of loadbench result documents (JSON, found recursively) into
 summary.md, summary.csv, report.html (self-contained: tables, figures and run
 metadata in one file) and figures, written to --out (default
-RESULTS_DIR/report). The terminal gets the summary tables and which loader
-to pick per cache state."""
+RESULTS_DIR/report). Tables, picks and figures use each process's first load
+(what a pod pays); later loads of a process are reported apart ("repeat in a
+warm process"), with the pods' time outside their loads, and documents that
+measured nothing are listed under Errors, never as a group. The terminal gets
+the summary tables and which loader to pick per cache state."""
 EPILOG = """\
 examples:
   plot_results.py results/                       # report in results/report/
@@ -52,11 +57,23 @@ folder, --out not a folder, unknown --format)."""
 
 
 _log = logger("plot_results")
+SCRIPT = "plot_results.py"
+COMMAND = "loadbench report"
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def prog_name(argv: list[str] | None = None) -> str:
+    """What --help and usage lines call this command: `loadbench report` when the loadbench
+    command dispatched to it (it records the command it runs), else the script's name."""
+    top = sys.modules.get("loadbench.cli")
+    running = getattr(top, "PROG_OVERRIDE", None)
+    if argv is not None and running and running[-1] == COMMAND:
+        return COMMAND
+    return SCRIPT
+
+
+def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     """The arguments, checked here so that a bad one exits 2 before anything is read or written."""
-    ap = argparse.ArgumentParser(prog="plot_results.py", description=DESCRIPTION, epilog=EPILOG,
+    ap = argparse.ArgumentParser(prog=prog or prog_name(argv), description=DESCRIPTION, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of result documents")
     ap.add_argument("--out", metavar="DIR", help="output folder (default: RESULTS_DIR/report)")
@@ -104,7 +121,8 @@ def read(root: str, log: Callable[[str], None] = _log, every: float = PROGRESS_E
         e = result["error"]
         log(f"could not read {root}: {type(e).__name__}: {e}")
         return [], []
-    return result["value"]
+    docs, skipped = result["value"]
+    return docs, skipped
 
 
 def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict[str, str],
@@ -115,19 +133,19 @@ def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict
     embedded: dict[str, list[tuple[str, bytes]]] = {}
     jobs: list[tuple[str, str, str, Callable[[], Any]]] = []
     for g in groups:
-        jobs += [(g.slug, f"{g.slug}-load-time", f"Load time, {g.title}", lambda g=g: plots.load_times(g)),
-                 (g.slug, f"{g.slug}-throughput", f"Throughput, {g.title}", lambda g=g: plots.throughput(g)),
+        jobs += [(g.slug, f"{g.slug}-load-time", f"Load time, {g.title}", partial(plots.load_times, g)),
+                 (g.slug, f"{g.slug}-throughput", f"Throughput, {g.title}", partial(plots.throughput, g)),
                  (g.slug, f"{g.slug}-cdf", f"Distribution of load times, {g.title}",
-                  lambda g=g: plots.cdf(g)),
+                  partial(plots.cdf, g)),
                  (g.slug, f"{g.slug}-pod-time", f"Pod time by phase, {g.title}",
-                  lambda g=g: plots.pod_time(g, phases))]
+                  partial(plots.pod_time, g, phases))]
     by_machine: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e in eps:
         by_machine.setdefault((e["model"], e["device"]), []).append(e)
     for (model, device), some in by_machine.items():
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{model}-{device}")[:150]
         jobs.append(("concurrent", f"{slug}-concurrent-timeline", f"Concurrent loads, {model} on {device}",
-                     lambda some=some: plots.timeline(some)))
+                     partial(plots.timeline, some)))
     last = time.perf_counter()
     for k, (key, name, caption, draw) in enumerate(jobs):
         if time.perf_counter() - last > PROGRESS_EVERY:
@@ -155,11 +173,13 @@ def _plain(text: str) -> str:
     return text.replace("**", "")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit code: 0 report written, 1 nothing to report or not written, 2 bad arguments."""
-    args = parse(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Exit code: 0 report written, 1 nothing to report or not written, 2 bad arguments.
+    `prog`: the command's name in --help and in the report's metadata (default: prog_name())."""
+    prog = prog or prog_name(argv)
+    args = parse(argv, prog)
     try:
-        return _run(args, argv)
+        return _run(args, argv, prog)
     except KeyboardInterrupt:
         _log("interrupted")
         return 130
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NOTHING
 
 
-def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _run(args: argparse.Namespace, argv: list[str] | None, prog: str = SCRIPT) -> int:
     from loadbench.analysis import frame as fr
     from loadbench.analysis import html as page
     from loadbench.analysis import summary as report
@@ -189,16 +209,18 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     groups = report.build(df)
     eps = report.episodes(df)
     phases = df.attrs.get("phases", {})
+    later = len(report.repeats(df))
     _log(f"{len(df)} rows, {len(groups)} group(s)"
+         + (f", {later} repeat(s) in a warm process reported apart" if later else "")
          + (f", {len(eps)} episode(s) of concurrent pods" if eps else ""))
-    blocks = report.blocks(groups, skipped, args.title, phases, eps)
+    blocks = report.blocks(groups, skipped, args.title, phases, eps, df=df)
     try:
         os.makedirs(args.out, exist_ok=True)
         written: list[str] = []
         embedded: dict[str, list[tuple[str, bytes]]] = {}
         if not args.no_plots:
             written, embedded = _figures(groups, eps, phases, args.out, args.formats, _log)
-        command = "plot_results.py " + " ".join(shlex.quote(a) for a in (
+        command = f"{prog} " + " ".join(shlex.quote(a) for a in (
             sys.argv[1:] if argv is None else argv))
         meta = page.metadata(docs, command)
         for name, text in (("summary.md", report.markdown(blocks)), ("summary.csv", report.csv_text(groups)),
@@ -210,7 +232,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     except OSError as e:
         _log(f"could not write the report under {args.out}: {type(e).__name__}: {e}")
         return EXIT_NOTHING
-    print(report.terminal(groups), end="")
+    print(report.terminal(groups, df), end="")
     chosen = report.picks(groups)
     if chosen:
         print("\nWhich loader to pick:\n" + "\n".join(f"- {_plain(c)}" for c in chosen))
@@ -219,7 +241,14 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
             _log(f"warning: {g.title}: {w}")
     for line in report.kept_apart(groups):
         _log(f"kept apart: {line}")
-    verified = sum(g.verified for g in groups)
+    failed = report.error_table(df)
+    if failed:
+        _log(f"{sum(int(r[-1]) for r in failed)} error document(s) measured nothing: listed under "
+             "Errors, kept out of the tables")
+    for o in report.pod_overhead(df, phases):
+        _log(f"pod overhead, {o.model} on {o.device}: median {report.fmt_s(o.outside_s)} s outside "
+             f"the timed loads over {len(o.pods)} pod(s)")
+    verified = int((df["status"] == "ok").sum())
     fastest = "; ".join(f"{g.state} fastest {name} {report.fmt_s(seconds)} s"
                         for g in groups for name, seconds in [_fastest(g)] if name)
     _log(f"{len(docs)} documents, {verified} verified loads, {len(groups)} group(s)"

@@ -7,7 +7,8 @@ ceiling beyond the axis is written as text beside the bars, and the axis
 turns logarithmic when the libraries alone span more than 10×); a ceiling that
 a trial beat is written as unreliable, never drawn as a limit; loadbench's
 reference loader is a line, not a contender; titles say what was measured;
-numbers round as in the tables. matplotlib is imported only when drawing.
+numbers round as in the tables. Like the tables, they show first-in-process
+trials only (a group's `trials`). matplotlib is imported only when drawing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from loadbench.analysis import stats
-from loadbench.analysis.summary import CEILING_TEXT, Group, fmt_gbps, fmt_pct, fmt_s
+from loadbench.analysis.fmt import CEILING_TEXT, fmt_gbps, fmt_pct, fmt_s
+from loadbench.analysis.groups import Group
 from loadbench.storage.ceilings import limits_for
 
 LOG_SPAN = 10.0            # libraries spanning more than this ratio get a log axis
@@ -117,7 +119,7 @@ def load_times(g: Group) -> Any | None:
     fig, ax = plt.subplots(figsize=(9, 1.0 + 0.62 * len(rows) + 0.8))
     import matplotlib
     found = re.match(r"(\d+)\.(\d+)", matplotlib.__version__)
-    newer = bool(found) and (int(found[1]), int(found[2])) >= (3, 10)
+    newer = found is not None and (int(found[1]), int(found[2])) >= (3, 10)
     flat = {"orientation": "horizontal"} if newer else {"vert": False}  # `vert` is deprecated in 3.11
     ax.boxplot(data, showfliers=False, widths=0.55, **flat)
     for i, values in enumerate(data, start=1):
@@ -239,7 +241,7 @@ def cdf(g: Group) -> Any | None:
 
 def pod_time(g: Group, phases: dict[str, str]) -> Any | None:
     """Where each library's pod spent its time: median seconds of each phase, stacked."""
-    docs = g.trials.drop_duplicates("doc")
+    docs = g.documents()
     docs = docs[docs["pod_total_s"].notna()]
     cols = [c for c in phases if c in docs and docs[c].notna().any()]
     if docs.empty or not cols:

@@ -14,9 +14,17 @@ for), and `row`: the label, plus the settings that set its documents apart
 when documents of one label were run with different settings (they are never
 pooled; `settings_key` holds each document's settings fingerprint).
 
+Every row also says where its trial stood in its process: `index_in_process`
+(how many loads the process made before it; 0 is what a pod pays, the only
+trials the headline tables use), read from the trial, else its position in
+its document (schema 1 and 2 documents, one process per document). TP trials
+keep their ranks' byte counts in `ranks`, and every row its document's
+`tp_size`.
+
 Library roles (which library is loadbench's own reference instrument, which
-is the `from_pretrained` baseline) are derived from the loaders' registry
-here, in one place; analysis code never spells a library name.
+is the baseline most users load with today), the SKIP_* settings and the
+trial keys read as they are all come from the loaders' registry and the
+result schema, here in one place; analysis code never spells a library name.
 """
 
 from __future__ import annotations
@@ -25,68 +33,109 @@ import json
 import math
 import os
 import re
+import typing
 from typing import Any, Callable, Iterable
 
 import pandas as pd
 
 from loadbench import loaders
-from loadbench.config import model_slug
+from loadbench.config.settings import model_slug
+from loadbench.schema.result import TRIAL_KEYS, Trial
 
 COLD_BELOW = 0.05     # resident fraction under which a load counts as cold
 WARM_ABOVE = 0.95     # ... and over which it counts as warm; between: "partial"
 MAX_PHASES = 24       # distinct pod-phase names kept as columns; the rest are summed as "other"
 
 # Settings that never set two documents' measurements apart: who ran them and where
-# (identity, paths of results), which libraries ran beside them, how the report or the
+# (identity, paths of results), which libraries ran beside them (LIBRARIES and the
+# registry's SKIP_* variables, added by `ignored_settings()`), how the report or the
 # extras were made (ceilings, inference), and what the group keys already say (the
 # cache state is measured per trial; the device by its name). Library option variables
 # are replaced by the document's own `options`, so another library's sweep never matters.
-IGNORED_SETTINGS = frozenset({
+IGNORED_FIXED = frozenset({
     "JOB_NAME", "JOB_COMPLETION_INDEX", "POD_NAME", "POD_UID", "NODE_NAME", "POD_NAMESPACE",
-    "RES_PATH", "RUN_ID", "DEVICE", "DEVICE_RESOLVED", "LIBRARIES", "SKIP_TZR", "SKIP_ST", "SKIP_HF",
+    "RES_PATH", "RUN_ID", "DEVICE", "DEVICE_RESOLVED", "LIBRARIES",
     "USE_FP16", "CACHE_MODE", "CEILINGS", "CEILING_SECONDS", "SKIP_INFERENCE", "MAX_NEW_TOKENS",
     "INFERENCE_RUNS", "RESULT_LINES",
 })
 
-# The columns of `frame()`, in order; phase columns (pod_<phase>_s) follow pod_total_s.
+
+def ignored_settings() -> frozenset[str]:
+    """IGNORED_FIXED and the registry's SKIP_* variables (read now: a library registered at
+    run time brings its own)."""
+    return IGNORED_FIXED | frozenset(loaders.SKIP_VARS)
+
+
+def _kind(annotation: Any) -> str | None:
+    """'number', 'text' or 'flag' for a scalar field of the schema's Trial; None otherwise."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _kind(args[0])
+    if origin is typing.Literal:
+        return "text"
+    if origin is typing.Union and len(args) == 1:
+        return _kind(args[0])
+    if annotation is bool:
+        return "flag"
+    if annotation in (int, float):
+        return "number"
+    if annotation is str:
+        return "text"
+    return None
+
+
+# Trial keys whose values are read as they are (numbers, text, flags), by the schema's own
+# types: a key the schema adds becomes a column with no edit here.
+PLAIN_TRIAL = {k: kind for k in TRIAL_KEYS if (kind := _kind(Trial.model_fields[k].annotation))}
+TEXT_LIMITS = {"status": 20, "cache_mode": 32, "ceiling": 40}   # the rest: 60 characters
+# The trial columns as first published; `trial`, `load_first_token_s` and `load_end` are
+# derived, `mismatches` (a count) and `error` (one line) are read from the trial's lists.
+PUBLISHED_TRIAL = (
+    "trial", "status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
+    "ceiling", "ceiling_gbps", "ceiling_fraction", "ceiling_beaten", "cache_s", "verify_s",
+    "first_token_s", "load_first_token_s", "tokens_per_s", "inference_s", "peak_rss_bytes",
+    "peak_device_bytes", "tensors_verified", "mismatches", "error", "started_at", "finished_at",
+    "load_end")
+DERIVED_TRIAL = frozenset({"trial", "load_first_token_s", "load_end"})   # the rest: trial keys (a test)
+# Newer plain trial keys (index_in_process, byte counts, ...), appended after the published
+# columns so that a column's position never moves.
+LATER_TRIAL = tuple(k for k in PLAIN_TRIAL if k not in PUBLISHED_TRIAL)
+
+# The columns of `frame()`, in order; phase columns (pod_<phase>_s, then pod_earlier_s) follow
+# pod_total_s, and LATER_COLUMNS follow them.
 COLUMNS = (
     "doc", "model", "device", "cache_state", "row", "label", "library", "io_mode", "version", "options",
     "run_id", "settings_key", "settings_variant", "node", "pod", "pod_uid", "job", "completion_index",
     "path", "schema", "doc_status", "doc_error", "model_id", "model_bytes", "dtype", "params",
     "device_type", "torch", "python",
-    "trial", "status", "cache_mode", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
-    "ceiling", "ceiling_gbps", "ceiling_fraction", "ceiling_beaten", "cache_s", "verify_s",
-    "first_token_s", "load_first_token_s", "tokens_per_s", "inference_s", "peak_rss_bytes",
-    "peak_device_bytes", "tensors_verified", "mismatches", "error", "started_at", "finished_at",
-    "load_end",
+    *PUBLISHED_TRIAL,
     "ceilings_source", "ceilings_unreliable", "ceiling_storage_read_gbps",
     "ceiling_page_cache_read_gbps", "ceiling_h2d_pinned_gbps", "ceiling_h2d_pageable_gbps",
     "pod_started_at", "pod_total_s",
 )
+# `ranks`: a TP trial's ranks as (rank, bytes, storage_read_bytes, cache_read_bytes) dicts.
+LATER_COLUMNS = (*LATER_TRIAL, "tp_size", "ranks")
+RANK_NUMBERS = ("bytes", "storage_read_bytes", "cache_read_bytes", "total_s")
 CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable")
-NUMERIC = ("model_bytes", "params", "resident_before", "skeleton_s", "weights_s", "total_s", "gbps",
-           "ceiling_gbps", "ceiling_fraction", "cache_s", "verify_s", "first_token_s",
-           "load_first_token_s", "tokens_per_s", "inference_s", "peak_rss_bytes", "peak_device_bytes",
-           "tensors_verified", "mismatches", "pod_total_s") + tuple(
-               f"ceiling_{n}_gbps" for n in CEILING_NAMES)
+NUMERIC = ("model_bytes", "params", "load_first_token_s", "mismatches", "pod_total_s") + tuple(
+    k for k, kind in PLAIN_TRIAL.items() if kind == "number") + tuple(
+    f"ceiling_{n}_gbps" for n in CEILING_NAMES)
+INTEGERS = ("trial", "index_in_process", "tp_size")
 
 
 # --- library roles, from the registry -------------------------------------------------------
 
 def reference_libraries() -> frozenset[str]:
-    """Libraries that are loadbench's own instrument (the registry records loadbench
-    itself as their package): shown as a line to compare with, never as a pick."""
-    return frozenset(lib.name for lib in loaders.LIBRARIES if lib.package == "loadbench")
+    """Libraries the registry gives the role "instrument" (loadbench's own reference loader):
+    shown as a line to compare with, never as a pick."""
+    return frozenset(loaders.with_role("instrument"))
 
 
 def baseline_library() -> str | None:
-    """The library a user compares with first: `from_pretrained` as most people load today,
-    found by what the registry says of it: it calls from_pretrained on a checkpoint another
-    library writes (the legacy variant reads a format it writes itself)."""
-    for lib in loaders.LIBRARIES:
-        if lib.describe.startswith("from_pretrained") and not lib.owns_format:
-            return lib.name
-    return None
+    """The library a user compares with first (role "baseline" in the registry:
+    `from_pretrained`, as most people load today)."""
+    return next(iter(loaders.with_role("baseline")), None)
 
 
 def describe(library: str) -> str:
@@ -143,8 +192,9 @@ def fingerprint(doc: dict[str, Any]) -> str:
     """The settings that could change what a document measured, as one canonical string:
     two documents of one label with different fingerprints are never pooled."""
     option_envs = {o.env for _, o in loaders.all_options()}
+    ignored = ignored_settings()
     settings = {k: v for k, v in _dict(doc.get("settings")).items()
-                if k not in IGNORED_SETTINGS and k not in option_envs and v is not None}
+                if k not in ignored and k not in option_envs and v is not None}
     options = doc.get("options") if "options" in doc else doc.get("tuning")
     for k, v in _dict(options).items():
         if v is not None:
@@ -197,6 +247,7 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "ceilings_unreliable": ",".join(sorted(str(x) for x in _list(ceilings.get("unreliable")))),
         "pod_started_at": _text(pod.get("process_started_at"), 60),
         "pod_total_s": _num(pod.get("total_s")),
+        "tp_size": _count(doc.get("tp_size"), 1),
         "requested": _text(_dict(doc.get("settings")).get("CACHE_MODE"), 32),
     }
     for name in CEILING_NAMES:
@@ -211,30 +262,41 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _count(value: Any, default: int | None = None) -> int | None:
+    """A non-negative whole number, else `default`."""
+    f = _num(value)
+    return int(f) if not math.isnan(f) and f == int(f) and f < 2**62 else default
+
+
+def _ranks(value: Any) -> tuple[dict[str, Any], ...] | None:
+    """A TP trial's rank records, reduced to what the report reads (numbers or NaN)."""
+    out = []
+    for r in _list(value):
+        r = _dict(r)
+        rank = _count(r.get("rank"))
+        if rank is not None:
+            out.append({"rank": rank, **{k: _num(r.get(k)) for k in RANK_NUMBERS}})
+    return tuple(out) or None
+
+
 def _trial_fields(t: dict[str, Any], i: int | None, nbytes: float) -> dict[str, Any]:
-    total = _num(t.get("total_s"))
-    first = _num(t.get("first_token_s"))
-    beaten = t.get("ceiling_beaten")
-    return {
-        "trial": i, "status": _text(t.get("status"), 20) or "unknown",
-        "cache_mode": _text(t.get("cache_mode"), 32), "resident_before": _num(t.get("resident_before")),
-        "skeleton_s": _num(t.get("skeleton_s")), "weights_s": _num(t.get("weights_s")),
-        "total_s": total,
-        # Recomputed from the model's bytes, so every rate in a report has one definition.
-        "gbps": nbytes / total / 1e9 if nbytes > 0 and total > 0 else _num(t.get("gbps")),
-        "ceiling": _text(t.get("ceiling"), 40), "ceiling_gbps": _num(t.get("ceiling_gbps")),
-        "ceiling_fraction": _num(t.get("ceiling_fraction")),
-        "ceiling_beaten": beaten if isinstance(beaten, bool) else None,
-        "cache_s": _num(t.get("cache_s")), "verify_s": _num(t.get("verify_s")),
-        "first_token_s": first, "load_first_token_s": total + first,
-        "tokens_per_s": _num(t.get("tokens_per_s")), "inference_s": _num(t.get("inference_s")),
-        "peak_rss_bytes": _num(t.get("peak_rss_bytes")),
-        "peak_device_bytes": _num(t.get("peak_device_bytes")),
-        "tensors_verified": _num(t.get("tensors_verified")),
-        "mismatches": float(len(_list(t.get("mismatches")))),
-        "error": _error_line(t.get("error")),
-        "started_at": _text(t.get("started_at"), 60), "finished_at": _text(t.get("finished_at"), 60),
-    }
+    out: dict[str, Any] = {"trial": i}
+    for key, kind in PLAIN_TRIAL.items():
+        value = t.get(key)
+        out[key] = (_num(value) if kind == "number" else _text(value, TEXT_LIMITS.get(key, 60))
+                    if kind == "text" else value if isinstance(value, bool) else None)
+    total = out["total_s"]
+    out["status"] = out["status"] or "unknown"
+    # Recomputed from the model's bytes, so every rate in a report has one definition.
+    if nbytes > 0 and total > 0:
+        out["gbps"] = nbytes / total / 1e9
+    out["load_first_token_s"] = total + out["first_token_s"]
+    out["mismatches"] = float(len(_list(t.get("mismatches"))))
+    out["error"] = _error_line(t.get("error"))
+    # Its place in its process: recorded (schema 3), else its position in its document.
+    out["index_in_process"] = _count(t.get("index_in_process"), i)
+    out["ranks"] = _ranks(t.get("ranks"))
+    return out
 
 
 def _empty_trial() -> dict[str, Any]:
@@ -263,7 +325,7 @@ def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None
         for i, t in enumerate(trials):
             records.append({**shared, **_trial_fields(t, i, shared["model_bytes"])})
     kept = phase_names[:MAX_PHASES]
-    phase_cols = {}
+    phase_cols: dict[str, list[str]] = {}
     for name in kept:
         phase_cols.setdefault(_phase_column(name), []).append(name)
     for r in records:
@@ -275,7 +337,7 @@ def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None
             r["pod_more_phases_s"] = sum(other) if phases else math.nan
     if len(phase_names) > MAX_PHASES:
         phase_cols["pod_more_phases_s"] = ["other phases"]
-    columns = list(COLUMNS) + list(phase_cols) + ["requested"]
+    columns = list(COLUMNS) + list(phase_cols) + list(LATER_COLUMNS) + ["requested"]
     df = pd.DataFrame.from_records(records, columns=columns)
     df.attrs["phases"] = {col: " + ".join(names) for col, names in phase_cols.items()}
     df = _derive(df)
@@ -283,7 +345,8 @@ def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None
         # What the document's own phases leave out of its pod's total: the libraries the pod ran
         # before this one, and writing their documents. With it, the phases add up to the total.
         named = df[list(phase_cols)].sum(axis=1, min_count=1)
-        df["pod_earlier_s"] = (df["pod_total_s"] - named).clip(lower=0)
+        df.insert(len(COLUMNS) + len(phase_cols), "pod_earlier_s",
+                  (df["pod_total_s"] - named).clip(lower=0))
         df.attrs["phases"]["pod_earlier_s"] = "earlier libraries in the pod"
     return df
 
@@ -302,7 +365,8 @@ def _derive(df: pd.DataFrame) -> pd.DataFrame:
     """Columns computed across documents: types, cache state, devices of failed runs, rows."""
     for col in NUMERIC + tuple(df.attrs.get("phases", {})):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    df["trial"] = pd.array(df["trial"], dtype="Int64")
+    for col in INTEGERS:
+        df[col] = pd.array([None if v is None or v != v else int(v) for v in df[col]], dtype="Int64")
     for col in ("started_at", "finished_at", "pod_started_at"):
         df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="ISO8601")
     try:

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from typing import Any, Iterable
 
-from loadbench.analysis.frame import IGNORED_SETTINGS
+from loadbench.analysis.frame import ignored_settings
 from loadbench.terminal import human_bytes
 
 STYLE = """
@@ -68,7 +68,7 @@ def _figures(items: list[tuple[str, bytes]]) -> str:
         for caption, png in items)
 
 
-def page(blocks: list[tuple], figures: dict[str, list[tuple[str, bytes]]],
+def page(blocks: list[tuple[Any, ...]], figures: dict[str, list[tuple[str, bytes]]],
          meta: list[tuple[str, list[list[str]]]]) -> str:
     """The whole page: the report's blocks, the figures where the blocks name them, metadata last."""
     title = next((b[1] for b in blocks if b[0] == "h1"), "loadbench report")
@@ -139,6 +139,7 @@ def metadata(docs: list[dict[str, Any]], command: str) -> list[tuple[str, list[l
     versions = [[p, _distinct(_get(d, "versions", p) for d in ok)] for p in packages]
     keys = sorted({k for d in ok for k in (d.get("settings") or {}) if isinstance(k, str)})
     same, differ = [], []
+    ignored = ignored_settings()
     for k in keys:
         if k in ("JOB_NAME", "JOB_COMPLETION_INDEX", "POD_NAME", "POD_UID", "NODE_NAME", "POD_NAMESPACE"):
             continue
@@ -146,7 +147,7 @@ def metadata(docs: list[dict[str, Any]], command: str) -> list[tuple[str, list[l
         if len(set(values)) == 1:
             same.append([k, values[0]])
         else:
-            why = "" if k not in IGNORED_SETTINGS else " (does not set documents apart)"
+            why = "" if k not in ignored else " (does not set documents apart)"
             differ.append([k, _distinct(values) + why])
     commands = [["this report", command]]
     for d in ok:

@@ -72,14 +72,14 @@ def median(values: Iterable[Any]) -> float | None:
 
 def too_few(summary: dict[str, Any]) -> bool:
     """Fewer runs than a stable median needs."""
-    return summary.get("n", 0) < MIN_RUNS
+    return int(summary.get("n", 0)) < MIN_RUNS
 
 
 def unstable(summary: dict[str, Any]) -> float | None:
     """std / mean when it is above MAX_REL_STD, else None."""
     n, mean = summary.get("n", 0), summary.get("mean")
     if n > 1 and mean and summary["std"] > MAX_REL_STD * mean:
-        return summary["std"] / mean
+        return float(summary["std"] / mean)
     return None
 
 

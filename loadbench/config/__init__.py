@@ -3,7 +3,7 @@
     python -m loadbench.config --markdown    # the README's table, generated
 """
 
-from loadbench.config.settings import (  # noqa: F401
+from loadbench.config.settings import (
     SETTINGS,
     Setting,
     Settings,
@@ -14,4 +14,7 @@ from loadbench.config.settings import (  # noqa: F401
     model_slug,
     variants,
 )
-from loadbench.errors import ConfigError  # noqa: F401
+from loadbench.errors import ConfigError
+
+__all__ = ["SETTINGS", "ConfigError", "Setting", "Settings", "default_paths", "label", "load",
+           "markdown_table", "model_slug", "variants"]

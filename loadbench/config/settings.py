@@ -97,10 +97,16 @@ def _libraries(name: str, raw: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-OPTION_PARSERS: dict[str, tuple[Callable[[loaders.Option], Callable[[str, str], Any]], str]] = {
-    "int": (lambda o: _int(1), "integers >= 1"),
-    "bool": (lambda o: parse_bool, BOOL),
-    "size": (lambda o: parse_size, "sizes (4096, 32M, 1G)"),
+def _plugins(name: str, raw: str) -> tuple[str, ...]:
+    return loaders.plugin_names(raw)
+
+
+# kind -> (the parser of one value, given the option; what it accepts, given the option's choices)
+OPTION_PARSERS: dict[str, tuple[Callable[[loaders.Option], Callable[[str, str], Any]],
+                                Callable[[tuple[str, ...]], str]]] = {
+    "int": (lambda o: _int(1), lambda choices: "integers >= 1"),
+    "bool": (lambda o: parse_bool, lambda choices: BOOL),
+    "size": (lambda o: parse_size, lambda choices: "sizes (4096, 32M, 1G)"),
     "choice": (lambda o: _choice(o.choices, str.upper), ", ".join),
 }
 
@@ -143,11 +149,19 @@ class Setting:
 def _option_settings() -> tuple[Setting, ...]:
     out = []
     for lib, o in loaders.all_options():
-        accepted = OPTION_PARSERS[o.kind][1]
-        if callable(accepted):
-            accepted = accepted(o.choices)
+        accepted = OPTION_PARSERS[o.kind][1](o.choices)
         out.append(Setting(o.env, _sweep(o), o.default, o.help + " A comma list sweeps.",
                            f"{accepted}, default", library=lib.name, option=o.field))
+    return tuple(out)
+
+
+def _skip_settings() -> tuple[Setting, ...]:
+    """The seed's SKIP_* variables, one per variable the registry names."""
+    out = []
+    for var in loaders.SKIP_VARS:
+        names = [lib.name for lib in loaders.LIBRARIES if lib.skip == var]
+        out.append(Setting(var, parse_bool, "0", f"Seed name: skip {' and '.join(names)}.", BOOL,
+                           seed=True))
     return tuple(out)
 
 
@@ -186,10 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LIBRARIES", _libraries, "",
             "Comma list of libraries to run (wins over SKIP_*). Empty: the default libraries "
             f"({', '.join(loaders.DEFAULT)}) minus those skipped.", ", ".join(loaders.NAMES)),
-    Setting("SKIP_TZR", parse_bool, "0", "Seed name: skip tensorizer.", BOOL, seed=True),
-    Setting("SKIP_ST", parse_bool, "0", "Seed name: skip safetensors.", BOOL, seed=True),
-    Setting("SKIP_HF", parse_bool, "0", "Seed name: skip huggingface and huggingface-bin.", BOOL,
-            seed=True),
+    *_skip_settings(),
     Setting("DEVICE", _device, "auto",
             "Where weights go. auto: cuda when a GPU is visible, else cpu. cuda with no GPU is an "
             "error.", "auto, cpu, cuda, cuda:N"),
@@ -218,6 +229,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Print each result document as one LOADBENCH_RESULT line on stdout. auto: when stdout "
             "is not a terminal (pods, CI, pipes).", "auto, 1, 0"),
     *_option_settings(),
+    Setting(loaders.PLUGINS_VAR, _plugins, "",
+            "Comma list of Python modules that add libraries: each is imported at start and "
+            "registers the Library entries in its LIBRARIES tuple (its loader functions live in "
+            "it too), so LIBRARIES can name them. A module that does not import, or whose entries "
+            "and functions disagree, is a configuration error.", "module names (a.b,c)"),
     Setting("MATRIX", _str, "",
             "benchmark-matrix-job.yaml: its variants, ';'-separated (tensorizer;tensorizer:"
             "TZR_NUM_READERS=16;safetensors). Empty: LIBRARIES times their swept option values.",
@@ -290,6 +306,10 @@ def default_paths(model_id: str, model_path: str | None, run_id: str | None,
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and check every declared variable; resolve the derived ones."""
     env = os.environ if environ is None else environ
+    # Plug-ins first: LIBRARIES may name what they register. Those named in the process's
+    # environment were registered when the table was imported (with their options declared
+    # above); this raises what went wrong there, and registers any named only in `environ`.
+    loaders.load_plugins(BY_NAME[loaders.PLUGINS_VAR].read(env) or ())
     v = {s.name: s.read(env) for s in SETTINGS}
 
     use_fp16 = v["USE_FP16"]
@@ -304,7 +324,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         libs = tuple(lib for lib in loaders.DEFAULT if not (loaders.get(lib).skip
                                                             and v[loaders.get(lib).skip]))
         if not libs:
-            raise ConfigError("every library is skipped (SKIP_TZR, SKIP_ST, SKIP_HF): nothing to run")
+            raise ConfigError(f"every library is skipped ({', '.join(loaders.SKIP_VARS)}): "
+                              f"nothing to run")
 
     model_path, run_id = default_paths(v["MODEL_ID"], v["MODEL_PATH"], v["RUN_ID"], v["CACHE_MODE"])
     if not valid_run_id(run_id):
@@ -315,7 +336,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
     options: dict[str, dict[str, tuple[Any, ...]]] = {}
     for s in SETTINGS:
-        if s.library:
+        if s.library and s.option:
             options.setdefault(s.library, {})[s.option] = v[s.name] or (None,)
     identity = {k: v[k] for k in ("JOB_NAME", "JOB_COMPLETION_INDEX", "POD_NAME", "POD_UID",
                                   "NODE_NAME", "POD_NAMESPACE")}

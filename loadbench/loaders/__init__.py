@@ -4,7 +4,10 @@ Each entry names the module that holds the library's code (`load(ctx)`, and
 `save(model, tokenizer, folder)` for the library that owns a format), the
 checkpoint format it reads, the distribution whose version is recorded, and
 its options. Settings, reports and manifests derive every library name from
-here: adding a library touches its module and this table only.
+here: adding a library touches its module and this table only. A library from
+outside the package is one module that declares its own entries, named in
+LOADBENCH_PLUGINS (`load_plugins`); `contract_problems` says where an entry's
+flags and its module disagree, and the contract test runs it on every entry.
 
 Options are typed and sweepable: the environment variable may list several
 values (`TZR_NUM_READERS=4,16,default`), one result document each. `default`
@@ -16,11 +19,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
+import os
+import re
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Iterable, Literal, Protocol, get_args, runtime_checkable
 
-from loadbench.errors import NotInstalled
+from loadbench.errors import ConfigError, NotInstalled
 
 Role = Literal["product", "instrument", "baseline"]
 
@@ -30,7 +36,8 @@ class Loader(Protocol):
     """What every loader module provides. A module whose registry entry says `owns_format`
     also has `save(model, tokenizer, folder, shard_bytes)`; one that says `supports_tp` has
     `load_tp(ctx, rank, world, plan)`; one that says `tp_files` has `tp_file(rank, world)`
-    and `save_tp(state, folder, rank, world)`. The contract test checks all of it."""
+    and `save_tp(state, folder, rank, world)`. `contract_problems(lib)` checks all of it, both
+    ways (a function without its flag is drift too)."""
 
     def import_package(self) -> None: ...
 
@@ -160,7 +167,7 @@ def get(name: str) -> Library:
 def register(lib: Library) -> None:
     """Add a library at run time (a plug-in, or a test's toy loader): the table's derived
     names follow. Refuses a name already taken."""
-    global LIBRARIES, NAMES, DEFAULT, FORMATS, SKIP_VARS
+    global LIBRARIES
     if lib.name in BY_NAME:
         raise ValueError(f"library {lib.name!r} is already registered")
     LIBRARIES = (*LIBRARIES, lib)
@@ -233,3 +240,111 @@ def package_names() -> list[str]:
     return list(dict.fromkeys(lib.package for lib in LIBRARIES if lib.package != "loadbench"))
 
 
+# --- the contract: what an entry's flags promise its module holds -------------------------------
+# (function, how many positional arguments it takes): the Loader protocol's required part, and
+# what each flag adds. A flag without its function, or a function without its flag, is drift.
+REQUIRED = (("import_package", 0), ("load", 1))
+BY_FLAG = {"owns_format": (("save", 4),),
+           "supports_tp": (("load_tp", 4),),
+           "tp_files": (("tp_file", 2), ("save_tp", 4))}
+
+
+def _takes(fn: Any, n: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def contract_problems(lib: Library, mod: ModuleType | None = None) -> list[str]:
+    """Where the entry and its module disagree, one line each; [] when the module holds exactly
+    what the entry declares. Imports the module (not its package: that is `require`)."""
+    if mod is None:
+        try:
+            mod = importlib.import_module(lib.module)
+        except ImportError as e:
+            return [f"{lib.name}: its module {lib.module!r} does not import ({e})"]
+    out: list[str] = []
+    where = f"{lib.name} ({lib.module})"
+
+    def check(name: str, n: int, why: str) -> None:
+        fn = getattr(mod, name, None)
+        if not callable(fn):
+            out.append(f"{where}: {why}, but the module has no {name}()")
+        elif not _takes(fn, n):
+            out.append(f"{where}: {name}() does not take {n} positional argument(s)")
+
+    for name, n in REQUIRED:
+        check(name, n, "every loader module needs it")
+    for flag, functions in BY_FLAG.items():
+        for name, n in functions:
+            if getattr(lib, flag):
+                check(name, n, f"its entry says {flag}=True")
+            elif callable(getattr(mod, name, None)):
+                out.append(f"{where}: the module has {name}(), but its entry says {flag}=False "
+                           f"(nothing would call it)")
+    if lib.tp_files and not lib.supports_tp:
+        out.append(f"{where}: tp_files=True without supports_tp=True (per-rank files nobody loads)")
+    if lib.owns_format and not lib.weight_suffixes:
+        out.append(f"{where}: owns_format=True with no weight_suffixes (its files would not be found)")
+    if lib.role not in get_args(Role):
+        out.append(f"{where}: role {lib.role!r} is not one of {', '.join(get_args(Role))}")
+    return out
+
+
+# --- plug-ins: libraries registered from outside the package ------------------------------------
+PLUGINS_VAR = "LOADBENCH_PLUGINS"
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_plugins: set[str] = set()  # plug-in modules whose libraries are registered
+
+
+def plugin_names(raw: str | None) -> tuple[str, ...]:
+    """The module names of a LOADBENCH_PLUGINS value (a comma list); ConfigError if malformed."""
+    names = tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+    for name in names:
+        if not MODULE_NAME.fullmatch(name):
+            raise ConfigError(f"{PLUGINS_VAR}: {name!r} is not a module name (a.b.c)")
+    return names
+
+
+def load_plugins(names: Iterable[str]) -> None:
+    """Import each plug-in module and register the libraries it declares in its own
+    `LIBRARIES` (a tuple of `Library`), once per process. A plug-in is one module (its loader
+    functions and its entries) and nothing else: settings, reports and saving derive the rest.
+    ConfigError for a module that does not import, declares nothing, or breaks the contract."""
+    for name in names:
+        if name in _plugins:
+            continue
+        try:
+            plugin = importlib.import_module(name)
+        except Exception as e:  # its own code failed: a bad plug-in, not a crash of loadbench
+            raise ConfigError(f"{PLUGINS_VAR}: plug-in {name!r} does not import: "
+                              f"{type(e).__name__}: {e}") from e
+        libs = getattr(plugin, "LIBRARIES", None)
+        if not isinstance(libs, tuple) or not libs or not all(isinstance(x, Library) for x in libs):
+            raise ConfigError(f"{PLUGINS_VAR}: plug-in {name!r} declares no LIBRARIES "
+                              f"(a tuple of loadbench.loaders.Library)")
+        for i, lib in enumerate(libs):
+            if lib.name in BY_NAME or lib.name in (x.name for x in libs[:i]):
+                raise ConfigError(f"{PLUGINS_VAR}: plug-in {name!r} registers {lib.name!r}, a name "
+                                  f"already taken")
+            problems = contract_problems(lib)
+            if problems:
+                raise ConfigError(f"{PLUGINS_VAR}: plug-in {name!r}: " + "; ".join(problems))
+        for lib in libs:
+            register(lib)
+        _plugins.add(name)
+
+
+def _load_plugins_from_environment() -> None:
+    """Every process that reads the table (entry points, rank processes, reports) sees the same
+    plug-ins. A failure here is left for `config.load`, which raises it as a ConfigError (exit 2)
+    with its error document, rather than breaking the import with a traceback."""
+    try:
+        load_plugins(plugin_names(os.environ.get(PLUGINS_VAR)))
+    except ConfigError:
+        pass
+
+
+_load_plugins_from_environment()

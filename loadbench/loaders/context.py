@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 import torch
 
@@ -36,6 +36,28 @@ class LoadContext:
         return self._config
 
 
+class TPPlan(Protocol):
+    """What `load_tp(ctx, rank, world, plan)` gets: this rank's share of every tensor
+    (measure/tp_plan.py's RankPlan is the one implementation)."""
+
+    @property
+    def dims(self) -> Mapping[str, int | None]:
+        """Every tensor's split dim; None: the tensor is whole on every rank."""
+
+    def bounds(self, name: str, shape: tuple[int, ...] | list[int]) -> tuple[int, int] | None:
+        """(start, length) on the split dim for this rank; None when `name` is whole."""
+
+    def index(self, name: str, shape: tuple[int, ...] | list[int]) -> tuple[slice, ...] | None:
+        """The slicing tuple of this rank's part (None: whole)."""
+
+    def narrow(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a whole tensor."""
+
+    def assign(self, model: torch.nn.Module, state: Mapping[str, torch.Tensor], device: torch.device
+               ) -> torch.nn.Module:
+        """Put this rank's tensors into a meta skeleton."""
+
+
 def option_env(options: Mapping[str, Any], variables: Mapping[str, str]) -> dict[str, str | None]:
     """The library's environment variables for these options (option field -> variable):
     None where the option is unset, so the library's own default applies; booleans as 1/0."""
@@ -56,15 +78,15 @@ def scoped_env(values: Mapping[str, str | None]) -> Iterator[None]:
     only: in a sweep, the `default` variant really runs with the default."""
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_env(values)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _put_env(saved)
+
+
+def _put_env(values: Mapping[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

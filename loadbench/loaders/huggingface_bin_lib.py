@@ -7,12 +7,15 @@ pickle cannot run code; this is the format many older checkpoints still use.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loadbench.loaders import huggingface_lib
 from loadbench.loaders.context import LoadContext
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FILE = "pytorch_model.bin"
 
@@ -21,7 +24,7 @@ def import_package() -> None:
     huggingface_lib.import_package()
 
 
-def save(model: torch.nn.Module, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
+def save(model: PreTrainedModel, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
     # transformers 5 writes only safetensors; the legacy file is written by hand.
     model.config.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, TPPlan
 
 
 def import_package() -> None:
@@ -17,7 +17,7 @@ def from_pretrained(ctx: LoadContext, **kwargs: object) -> torch.nn.Module:
     # Skeleton and weights are one call here: the whole of it is weights_s.
     from transformers import AutoModelForCausalLM
     ctx.io_mode = "mmap (page cache)" if kwargs.get("use_safetensors") else "torch.load, mmap (page cache)"
-    model = AutoModelForCausalLM.from_pretrained(
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
         ctx.checkpoint.folder, dtype=ctx.dtype, device_map=str(ctx.device), **kwargs)
     return model.eval()
 
@@ -26,7 +26,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     return from_pretrained(ctx, use_safetensors=True)
 
 
-def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.Module:
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Tensor parallel the transformers way: from_pretrained with its "auto" TP plan, each rank
     loading its shards (DTensor parameters) on the process group loadbench started."""
     from transformers import AutoModelForCausalLM
@@ -46,6 +46,6 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.M
         kwargs = {"tp_plan": "auto"}
         ctx.info["api"] = "from_pretrained(tp_plan='auto')"
     ctx.io_mode = "mmap (page cache), transformers' own tensor-parallel sharding (tp_plan='auto')"
-    model = AutoModelForCausalLM.from_pretrained(ctx.checkpoint.folder, dtype=ctx.dtype,
-                                                 use_safetensors=True, **kwargs)
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+        ctx.checkpoint.folder, dtype=ctx.dtype, use_safetensors=True, **kwargs)
     return model.eval()

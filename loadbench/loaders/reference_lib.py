@@ -21,11 +21,12 @@ import queue
 import struct
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, TPPlan
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
@@ -85,6 +86,12 @@ def _read_all(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
+def _host_bytes(t: torch.Tensor) -> memoryview:
+    """A writable view of a host uint8 tensor's memory."""
+    array: Any = t.numpy()  # numpy declares the buffer protocol to mypy only for Python >= 3.12
+    return memoryview(array)
+
+
 def read_into(dest: torch.Tensor, sections: list[tuple[str, int, int, int]], threads: int, chunk: int,
               buffers: int) -> None:
     """Fill `dest` (uint8, on any device) with the sections' bytes."""
@@ -109,13 +116,14 @@ def read_into(dest: torch.Tensor, sections: list[tuple[str, int, int, int]], thr
                 except queue.Empty:
                     break
                 if not cuda:
-                    _read_all(fds[path], memoryview(dest[doff:doff + n].numpy()), foff)
+                    _read_all(fds[path], _host_bytes(dest[doff:doff + n]), foff)
                     continue
                 slot = i % per_thread
-                if events[slot] is not None:
-                    events[slot].synchronize()  # the copy out of this buffer is done
+                previous = events[slot]
+                if previous is not None:
+                    previous.synchronize()  # the copy out of this buffer is done
                 buf = ring[slot][:n]
-                _read_all(fds[path], memoryview(buf.numpy()), foff)
+                _read_all(fds[path], _host_bytes(buf), foff)
                 with torch.cuda.stream(stream):
                     dest[doff:doff + n].copy_(buf, non_blocking=True)
                     ev = torch.cuda.Event()
@@ -173,7 +181,7 @@ Section = tuple[str, int, int, int]  # (path, file offset, allocation offset, by
 Placed = tuple[str, torch.dtype, tuple[int, ...], int, int]  # (name, dtype, shape, offset, bytes)
 
 
-def _rank_sections(entries: list[Entry], sections: list[Section], plan: object
+def _rank_sections(entries: list[Entry], sections: list[Section], plan: TPPlan
                    ) -> tuple[list[Section], list[Placed], int, list[Section], list[tuple[Entry, int]], int]:
     """Byte ranges this rank reads. A slice on dim 0 (or after leading dims of size 1) is one
     range of the file; any other split is strided, so the whole tensor is read into a scratch
@@ -185,8 +193,8 @@ def _rank_sections(entries: list[Entry], sections: list[Section], plan: object
     for e in entries:
         path, data_start, base, _ = sections[bisect.bisect_right(bases, e.start) - 1]
         foff = data_start + (e.start - base)
-        b = plan.bounds(e.name, e.shape)  # type: ignore[attr-defined]
-        dim = plan.dims.get(e.name)  # type: ignore[attr-defined]
+        b = plan.bounds(e.name, e.shape)
+        dim = plan.dims.get(e.name) or 0  # b is None where dim is None
         if b is not None and any(n != 1 for n in e.shape[:dim]):
             strided.append((path, foff, stotal, e.nbytes))
             scattered.append((e, stotal))
@@ -203,7 +211,7 @@ def _rank_sections(entries: list[Entry], sections: list[Section], plan: object
     return direct, placed, dtotal, strided, scattered, stotal
 
 
-def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.Module:
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Tensor parallel: only this rank's byte ranges, through the same reader pipeline."""
     threads, chunk, buffers = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
@@ -216,7 +224,7 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.M
         read_into(scratch, [s for s in strided if s[3]], threads, chunk, buffers)
         for e, off in scattered:
             whole = scratch[off:off + e.nbytes].view(e.dtype).view(e.shape)
-            state[e.name] = plan.narrow(e.name, whole).contiguous()  # type: ignore[attr-defined]
+            state[e.name] = plan.narrow(e.name, whole).contiguous()
         del scratch
     dest = torch.empty(max(dtotal, 1), dtype=torch.uint8, device=ctx.device)
     read_into(dest, [s for s in direct if s[3]], threads, chunk, buffers)
@@ -230,4 +238,4 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: object) -> torch.nn.M
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=dtotal,
                     strided_tensors=len(scattered), strided_read_bytes=extra,
                     bytes_read=sum(s[3] for s in direct) + extra)
-    return plan.assign(model, state, ctx.device)  # type: ignore[attr-defined]
+    return plan.assign(model, state, ctx.device)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, TPPlan
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 INDEX = "model.safetensors.index.json"
 
@@ -18,7 +21,7 @@ def import_package() -> None:
     import safetensors.torch  # noqa: F401
 
 
-def save(model: torch.nn.Module, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
+def save(model: PreTrainedModel, tokenizer: Any, folder: str, shard_bytes: int | None = None) -> None:
     """save_pretrained: the Hub's layout, sharded with model.safetensors.index.json
     when the model is larger than `shard_bytes` (None: one file)."""
     shard = shard_bytes if shard_bytes else 1 << 62
@@ -59,7 +62,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     return assign(model, state, ctx.device)
 
 
-def load_tp(ctx: LoadContext, rank: int, world: int, plan: Any) -> torch.nn.Module:
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Tensor parallel: this rank's slices only, through safe_open(...).get_slice."""
     from safetensors import safe_open
     model = models.skeleton(ctx.config, ctx.dtype)

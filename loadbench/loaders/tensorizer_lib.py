@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, TPPlan
 
 FILE = "model.tensors"
 
@@ -84,7 +84,7 @@ def save_tp(state: dict[str, torch.Tensor], folder: str, rank: int, world: int) 
     serializer.close()
 
 
-def load_tp(ctx: LoadContext, rank: int, world: int, plan: Any) -> torch.nn.Module:
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """This rank's file, deserialized onto its device, assigned into a meta skeleton."""
     from tensorizer import TensorDeserializer
     model = models.skeleton(ctx.config, ctx.dtype)

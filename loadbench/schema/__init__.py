@@ -79,6 +79,22 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def parse_json(data: str | bytes) -> tuple[Any, str | None]:
+    """(value, None) or (None, why) for untrusted JSON text; bytes must be UTF-8. Never raises
+    for what the input holds: bad UTF-8, bad JSON and nesting too deep are each a reason."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"not valid UTF-8 (byte {e.start})"
+    try:
+        return json.loads(data), None
+    except RecursionError:
+        return None, "not valid JSON: nested too deeply to parse"
+    except ValueError as e:
+        return None, f"not valid JSON: {_short(e).split(': ', 1)[-1]}"
+
+
 def load_fd(fd: int, max_bytes: int = MAX_BYTES) -> tuple[Any, str | None]:
     """(value, None) or (None, why) for the JSON in an open file; never raises."""
     try:
@@ -91,16 +107,7 @@ def load_fd(fd: int, max_bytes: int = MAX_BYTES) -> tuple[Any, str | None]:
             data = f.read(max_bytes + 1)
         if len(data) > max_bytes:
             return None, f"larger than {max_bytes >> 20} MiB: not a result document"
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return None, f"not valid UTF-8 (byte {e.start})"
-        try:
-            return json.loads(text), None
-        except RecursionError:
-            return None, "not valid JSON: nested too deeply to parse"
-        except ValueError as e:
-            return None, f"not valid JSON: {_short(e).split(': ', 1)[-1]}"
+        return parse_json(data)
     except Exception as e:  # MemoryError, OSError while reading...: this file only
         return None, f"unreadable: {_short(e)}"
 

@@ -12,7 +12,12 @@ import os
 import sys
 from typing import Any, Callable
 
-from loadbench.schema import manifest, result
+try:
+    from loadbench.schema import manifest, result
+except ModuleNotFoundError as e:  # a Python without loadbench's dependencies: one line, no traceback
+    raise SystemExit(f"python -m loadbench.schema: {e.name} is not installed for {sys.executable}; "
+                     "use the project's venv: .venv/bin/python -m loadbench.schema (`make setup` makes it)"
+                     ) from None
 
 FILES: dict[str, Callable[[], dict[str, Any]]] = {
     "result.schema.json": result.json_schema,

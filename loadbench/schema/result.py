@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
@@ -104,12 +104,19 @@ def text(pattern: str, message: str, min_length: int = 0, max_length: int | None
 
 # Names that end up in tables, plot titles and file names: printable, no '$' (matplotlib
 # would read "$...$" as mathtext), bounded so that a file name made of them stays valid.
-Line = text(r"^[^\x00-\x1f\x7f]*$", "should be one line of text (no control characters)", 1, 200)
-Label = text(r"^[^\x00-\x1f\x7f$]*$", "should be one line of text without control characters or '$'",
-             1, 200)
-AsciiName = text(r"^[\x20-\x23\x25-\x7e]*$", "should be printable ASCII without '$'", 1, 100)
-Slug = text(r"^[A-Za-z0-9._-]*$", "should use only letters, digits, '.', '_' and '-'", 1, 100)
-Mode = text(r"^[A-Za-z0-9_-]*$", "should use only letters, digits, '_' and '-'", 1, 32)
+if TYPE_CHECKING:  # text() builds its types at run time; to mypy each is the str it checks
+    Line = str
+    Label = str
+    AsciiName = str
+    Slug = str
+    Mode = str
+else:
+    Line = text(r"^[^\x00-\x1f\x7f]*$", "should be one line of text (no control characters)", 1, 200)
+    Label = text(r"^[^\x00-\x1f\x7f$]*$", "should be one line of text without control characters or '$'",
+                 1, 200)
+    AsciiName = text(r"^[\x20-\x23\x25-\x7e]*$", "should be printable ASCII without '$'", 1, 100)
+    Slug = text(r"^[A-Za-z0-9._-]*$", "should use only letters, digits, '.', '_' and '-'", 1, 100)
+    Mode = text(r"^[A-Za-z0-9_-]*$", "should use only letters, digits, '_' and '-'", 1, 32)
 
 
 def _plain(value: Any) -> Any:

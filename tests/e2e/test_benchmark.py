@@ -10,14 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from loadbench import schema
+from loadbench import loaders, schema
 from loadbench.schema.result import SCHEMA
-from tests.conftest import ROOT, result_lines, run_script
+from tests.conftest import FORMAT_LIBRARIES, ROOT, result_lines, run_script
 
-CORE = ["tensorizer", "safetensors", "huggingface", "huggingface-bin"]
-CPU = CORE + ["flashpack", "reference"]
-WEIGHTS = {"tensorizer": "tensorizer/model.tensors", "safetensors": "safetensors/model.safetensors",
-           "huggingface-bin": "bin/pytorch_model.bin", "flashpack": "flashpack/model.flashpack"}
+# Every library list here comes from the registry.
+CORE = list(loaders.DEFAULT)                                               # the default run
+CPU = [lib.name for lib in loaders.LIBRARIES if not lib.needs_cuda]        # all that load on a CPU
+OWNERS = FORMAT_LIBRARIES.split(",")                                       # each saved format's writer
+
+
+def weights(model: Path, library: str) -> Path:
+    """The (first) weights file the library reads, from the checkpoint's manifest."""
+    fmt = loaders.get(library).format
+    files = json.loads((model / "manifest.json").read_text())["formats"][fmt]["files"]
+    return model / fmt / next(f["name"] for f in files if f["weights"])
 
 
 def bench(model: Path, res: Path, **env: str) -> subprocess.CompletedProcess:
@@ -128,7 +135,7 @@ def test_missing_model_path(tmp_path):
 
 
 def test_missing_format_files(model_copy, tmp_path):
-    (model_copy / WEIGHTS["tensorizer"]).unlink()
+    (weights(model_copy, "tensorizer")).unlink()
     proc = bench(model_copy, tmp_path / "res", LIBRARIES="tensorizer")
     expect_bad_input(proc, tmp_path / "res", "model.tensors is missing")
 
@@ -145,17 +152,17 @@ def test_missing_and_foreign_manifest(model_copy, tmp_path):
     expect_bad_input(proc, tmp_path / "b", "manifest.json is missing")
 
 
-@pytest.mark.parametrize("library", ["tensorizer", "safetensors", "huggingface-bin"])
+@pytest.mark.parametrize("library", OWNERS)
 def test_truncated_checkpoint_is_bad_input(model_copy, tmp_path, library):
-    path = model_copy / WEIGHTS[library]
+    path = weights(model_copy, library)
     os.truncate(path, path.stat().st_size // 2)
     proc = bench(model_copy, tmp_path / "res", LIBRARIES=library)
     expect_bad_input(proc, tmp_path / "res", "truncated or replaced")
 
 
-@pytest.mark.parametrize("library", ["tensorizer", "safetensors", "huggingface", "huggingface-bin"])
+@pytest.mark.parametrize("library", CORE)
 def test_corrupted_checkpoint_is_never_ok(model_copy, tmp_path, library):
-    path = model_copy / WEIGHTS.get(library, WEIGHTS["safetensors"])
+    path = weights(model_copy, library)
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
@@ -219,7 +226,7 @@ def test_save_rejects_a_path_that_is_not_a_folder(tmp_path):
 def test_fastsafetensors_io_mode_is_what_the_document_says(model_copy, tmp_path, odirect, resident_after):
     """O_DIRECT reads leave the page cache empty, buffered reads fill it: measured with mincore."""
     from loadbench.storage import cache
-    files = [str(model_copy / WEIGHTS["safetensors"])]
+    files = [str(weights(model_copy, "fastsafetensors"))]
     proc = bench(model_copy, tmp_path / "res", LIBRARIES="fastsafetensors", FST_ODIRECT=odirect,
                  CACHE_MODE="cold", SKIP_INFERENCE="1")
     assert proc.returncode == 0, proc.stderr

@@ -164,6 +164,7 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3),
     max_leaves=12)
 SECONDS = st.floats(min_value=1e-6, max_value=1e9)
+BYTES = st.none() | st.integers(0, 2**63 - 1)
 SMALL = st.none() | st.floats(min_value=0, max_value=1e9)
 # Mostly close together (overlapping pods, one group), sometimes anywhere in two centuries.
 BASE = datetime(2026, 11, 22, 2, 40, tzinfo=timezone.utc)
@@ -204,7 +205,12 @@ def trials(draw) -> dict:
          "warnings": draw(st.lists(ANY_TEXT, max_size=2)),
          "error": draw(st.none() | st.fixed_dictionaries({"type": ANY_TEXT, "message": ANY_TEXT})),
          "ranks": draw(st.none() | st.lists(st.fixed_dictionaries(
-             {"rank": st.integers(0, 64), "total_s": SMALL}), max_size=3)),
+             {"rank": st.integers(0, 64), "total_s": SMALL},
+             optional={"bytes": BYTES, "storage_read_bytes": BYTES, "cache_read_bytes": BYTES}),
+             max_size=3)),
+         "index_in_process": draw(st.none() | st.integers(0, 4) | st.integers(0, 2**63 - 1)),
+         "storage_read_bytes": draw(BYTES), "cache_read_bytes": draw(BYTES),
+         "device_copy_bytes": draw(BYTES),
          "started_at": start.isoformat(),
          "finished_at": (start + timedelta(seconds=draw(st.floats(0, 1e6)))).isoformat()}
     if draw(st.booleans()):
@@ -223,12 +229,12 @@ def documents(draw) -> dict:
     status = draw(st.sampled_from(["ok", "ok", "error"]))
     start = draw(WHEN)
     doc = {
-        "schema": draw(st.sampled_from(["loadbench.result/1", "loadbench.result/2"])),
+        "schema": draw(st.sampled_from(["loadbench.result/1", "loadbench.result/2", "loadbench.result/3"])),
         "status": status,
         "error": ({"type": draw(ANY_TEXT), "message": draw(ANY_TEXT), "where": draw(st.none() | ANY_TEXT)}
                   if status == "error" else None),
-        "library": draw(st.sampled_from(["safetensors", "tensorizer", "reference"]) | LINE),
-        "label": draw(st.sampled_from(["safetensors", "tensorizer-numreaders16"]) | LINE),
+        "library": draw(st.sampled_from(["safetensors", "tensorizer", "reference", "none"]) | LINE),
+        "label": draw(st.sampled_from(["safetensors", "tensorizer-numreaders16", "config-error"]) | LINE),
         "run_id": draw(st.none() | LINE),
         "io_mode": draw(st.none() | ANY_TEXT),
         "identity": {"pod": draw(st.none() | ANY_TEXT), "node": draw(st.none() | ANY_TEXT),
@@ -264,6 +270,10 @@ def documents(draw) -> dict:
     else:
         doc["options"] = draw(st.dictionaries(ANY_TEXT, st.none() | st.integers(-5, 5) | ANY_TEXT,
                                               max_size=2))
+    if doc["schema"] != "loadbench.result/3":   # byte counts and the index came with schema 3
+        for t in doc["trials"]:
+            for key in ("index_in_process", "storage_read_bytes", "cache_read_bytes", "device_copy_bytes"):
+                t.pop(key, None)
     if doc["model"] is None or doc["device"] is None:  # as a run that failed before its trials
         doc["status"], doc["error"] = "error", {"type": "X", "message": "no model"}
         for t in doc["trials"]:

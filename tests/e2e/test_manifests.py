@@ -141,7 +141,8 @@ def test_hadolint_and_dockerfile_copies_what_exists():
     proc = subprocess.run([tool("hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM \S+:\S+", text, re.M), "the base image is pinned by tag"
+    assert re.search(r"^ARG BASE_IMAGE=\S+:\S+$", text, re.M), "the default base image is pinned by tag"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M), "the base is the BASE_IMAGE build argument"
     for line in re.findall(r"^COPY (.+)$", text, re.M):
         for src in line.split()[:-1]:
             assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
@@ -159,6 +160,29 @@ def test_hadolint_and_dockerfile_copies_what_exists():
 
 def test_one_image_for_every_job():
     assert len({container(j)["image"] for j in ALL_JOBS}) == 1
+
+
+def test_the_kustomization_names_the_image_of_every_job_once(tmp_path):
+    """kustomization.yaml's `images:` is the one place the image is named: every Job manifest carries
+    its placeholder, and a changed entry reaches every container of every Job kustomize renders."""
+    kust = yaml.safe_load((ROOT / "kustomization.yaml").read_text())
+    (entry,) = kust["images"]
+    for job in ALL_JOBS:  # (newName and newTag are yours to change: `kustomize edit set image`)
+        name = container(job)["image"].rpartition(":")[0]
+        assert name == entry["name"], f"{job['metadata']['name']}: image {name} is not the placeholder"
+    for name in ["experiment.env", *JOB_MANIFESTS]:
+        shutil.copy(ROOT / name, tmp_path / name)
+    kust["resources"] = JOB_MANIFESTS
+    kust["images"] = [{"name": entry["name"], "newName": "registry.example/team/loadbench", "newTag": "7.7"}]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kust))
+    proc = subprocess.run([kubectl(), "kustomize", "."], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rendered = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"] == "Job"]
+    assert len(rendered) == len(ALL_JOBS)
+    for job in rendered:
+        pod = job["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["image"] == "registry.example/team/loadbench:7.7", job["metadata"]["name"]
 
 
 # ------------------------------------------------------------------ one experiment

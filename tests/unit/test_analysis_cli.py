@@ -48,7 +48,25 @@ def test_an_internal_error_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys)
 def test_help_exits_0(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
-    assert e.value.code == 0 and "exit codes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "exit codes" in out and out.startswith("usage: plot_results.py ")
+
+
+def test_loadbench_report_names_itself(monkeypatch, capsys):
+    import loadbench.cli as top
+    monkeypatch.setattr(top, "PROG_OVERRIDE", [])   # what `loadbench report` records, undone after
+    with pytest.raises(SystemExit) as e:
+        top.main(["report", "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: loadbench report ")
+    with pytest.raises(SystemExit) as e:
+        top.main(["report", "--bogus"])
+    assert e.value.code == 2 and "usage: loadbench report " in capsys.readouterr().err
+    assert cli.prog_name(None) == "plot_results.py"   # the script, run as itself
+
+
+def test_the_report_records_the_command_that_made_it(tmp_path):
+    assert cli.main([str(RAW), "--out", str(tmp_path), "--no-plots"], prog="loadbench report") == 0
+    assert f"loadbench report {RAW} --out {tmp_path} --no-plots" in (tmp_path / "report.html").read_text()
 
 
 def test_the_notebook_lines_work():

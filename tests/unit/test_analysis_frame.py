@@ -1,7 +1,8 @@
 """The trial frame: one row per trial, group keys flattened, runs that differ kept apart.
 
-`make_doc` builds schema-valid loadbench.result/2 documents in memory; the other
-test_analysis modules use it too.
+`make_doc` builds schema-valid loadbench.result/3 documents in memory (or /2, which
+record no index in the process), and `pods` one document per load, each its own pod
+as on a cluster; the other test_analysis modules use them too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from loadbench import loaders
 from loadbench.analysis import frame as fr
-from loadbench.schema.result import problems
+from loadbench.schema.result import TRIAL_KEYS, problems
 
 T0 = datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc)
 GB = 10**9
@@ -29,8 +30,10 @@ def make_doc(library: str = "tensorizer", totals: tuple[float, ...] = (1.0, 1.1,
              pod: str = "pod-0", start: float = 0.0, settings: dict[str, Any] | None = None,
              ceilings: dict[str, float] | None = None, status: str = "ok",
              nbytes: int = 2 * GB, device: str = "NVIDIA H200", io_mode: str | None = "page cache",
-             first_token: float | None = 0.05, run_id: str = "run-a") -> dict[str, Any]:
-    """A loadbench.result/2 document; trial k starts `start + 10 k` seconds after T0."""
+             first_token: float | None = 0.05, run_id: str = "run-a", schema: int = 3,
+             first_index: int = 0) -> dict[str, Any]:
+    """A loadbench.result/3 document of one pod; trial k starts `start + 10 k` seconds after T0
+    and was its process's load number `first_index + k` (schema 2: not recorded)."""
     if resident is None:
         resident = 0.0 if mode == "cold" else 1.0
     trials = []
@@ -43,11 +46,13 @@ def make_doc(library: str = "tensorizer", totals: tuple[float, ...] = (1.0, 1.1,
             "first_token_s": first_token, "tokens_per_s": 30.0 + k, "verify_s": 0.2, "cache_s": 0.1,
             "started_at": began.isoformat(),
             "finished_at": (began + timedelta(seconds=total + 1)).isoformat()})
+        if schema >= 3:
+            trials[-1]["index_in_process"] = first_index + k
     base = {"MODEL_ID": "random/gpt-j-6b", "MODEL_PATH": "/data/m", "DTYPE": "float16", "NUM_TRIALS":
             len(totals), "RUN_ID": run_id, "CACHE_MODE": mode, "POD_NAME": pod, "RES_PATH": "/r",
             "LIBRARIES": [library], "DEVICE_RESOLVED": "cuda:0"}
     doc = {
-        "schema": "loadbench.result/2", "status": status, "error": None, "library": library,
+        "schema": f"loadbench.result/{schema}", "status": status, "error": None, "library": library,
         "label": label or library, "options": {}, "io_mode": io_mode, "run_id": run_id,
         "identity": {"pod": pod, "node": "node-1", "hostname": pod, "pid": 7},
         "settings": {**base, **(settings or {})},
@@ -75,6 +80,13 @@ def make_doc(library: str = "tensorizer", totals: tuple[float, ...] = (1.0, 1.1,
     return doc
 
 
+def pods(library: str = "tensorizer", totals: tuple[float, ...] = (1.0, 1.1, 0.9), pod: str = "pod",
+         start: float = 0.0, **kw: Any) -> list[dict[str, Any]]:
+    """One document per load, each from its own pod (one process, one first load), 10 s apart."""
+    return [make_doc(library, (t,), pod=f"{pod}-{k}", start=start + 10 * k, **kw)
+            for k, t in enumerate(totals)]
+
+
 def test_one_row_per_trial_with_flat_keys():
     df = fr.frame([make_doc(), make_doc("safetensors", totals=(2.0, 2.2))])
     assert len(df) == 5
@@ -88,6 +100,38 @@ def test_one_row_per_trial_with_flat_keys():
     assert row["gbps"] == pytest.approx(1.0) and row["load_first_token_s"] == pytest.approx(2.05)
     assert str(df["started_at"].dtype).startswith("datetime64")
     assert df["pod_startup_and_imports_s"].eq(3.0).all()
+    assert df["index_in_process"].tolist() == [0, 1, 2, 0, 1] and df["tp_size"].eq(1).all()
+
+
+def test_index_in_process_is_recorded_else_the_position_in_the_document():
+    recorded = make_doc("safetensors", (1.0, 1.0), first_index=3)   # the pod's second library
+    old = make_doc(totals=(1.0, 1.0, 1.0), schema=2, pod="pod-b")
+    df = fr.frame([recorded, old, make_doc(status="error", pod="pod-c")])
+    assert df["index_in_process"].tolist()[:5] == [3, 4, 0, 1, 2]
+    assert pd.isna(df["index_in_process"].iloc[5])    # a document without trials
+    assert str(df["index_in_process"].dtype) == "Int64"
+
+
+def test_trial_columns_follow_the_schema_and_keep_their_places():
+    df = fr.frame([make_doc()])
+    assert list(df.columns[:len(fr.COLUMNS)]) == list(fr.COLUMNS)   # published positions
+    assert list(df.columns[-len(fr.LATER_COLUMNS):]) == list(fr.LATER_COLUMNS)
+    assert set(fr.PLAIN_TRIAL) <= set(TRIAL_KEYS)
+    assert set(fr.PUBLISHED_TRIAL) - fr.DERIVED_TRIAL <= set(TRIAL_KEYS)   # none renamed in the schema
+    assert {"index_in_process", "storage_read_bytes", "cache_read_bytes", "device_copy_bytes"} \
+        <= set(fr.LATER_TRIAL)
+    assert "ranks" not in fr.PLAIN_TRIAL and "mismatches" not in fr.PLAIN_TRIAL  # lists, read apart
+
+
+def test_tp_ranks_keep_their_bytes():
+    doc = make_doc(totals=(1.0,), settings={"TP_SIZE": 2})
+    doc["tp_size"] = 2
+    doc["trials"][0]["ranks"] = [{"rank": r, "bytes": GB, "storage_read_bytes": 2 * GB,
+                                  "cache_read_bytes": 0, "total_s": 1.0} for r in (0, 1)]
+    assert problems(doc) == []
+    row = fr.frame([doc]).iloc[0]
+    assert row["tp_size"] == 2 and [r["rank"] for r in row["ranks"]] == [0, 1]
+    assert row["ranks"][1]["storage_read_bytes"] == 2 * GB and row["ranks"][0]["bytes"] == GB
 
 
 def test_a_document_without_trials_is_one_error_row_in_its_models_group():
@@ -134,11 +178,25 @@ def test_documents_whose_settings_differ_are_kept_apart_and_named():
 
 
 def test_library_roles_come_from_the_registry():
-    assert fr.reference_libraries() == {lib.name for lib in loaders.LIBRARIES if lib.package == "loadbench"}
+    assert fr.reference_libraries() == {lib.name for lib in loaders.LIBRARIES if lib.role == "instrument"}
     base = fr.baseline_library()
-    assert base in loaders.BY_NAME and "from_pretrained" in loaders.BY_NAME[base].describe
+    assert base is not None and loaders.BY_NAME[base].role == "baseline"
     assert fr.package(base) == loaders.BY_NAME[base].package
     assert fr.package("not-a-library") == "not-a-library"
+    assert set(loaders.SKIP_VARS) <= fr.ignored_settings() and loaders.SKIP_VARS
+
+
+def test_a_registered_librarys_skip_variable_never_splits_a_label():
+    toy = loaders.Library("toy-loader", "tests.toy", "safetensors", "toy", False, "a toy",
+                          skip="SKIP_TOY")
+    loaders.register(toy)
+    try:
+        assert "SKIP_TOY" in fr.ignored_settings()
+        a, b = make_doc(settings={"SKIP_TOY": True}), make_doc(pod="pod-b", settings={"SKIP_TOY": False})
+        assert fr.frame([a, b])["settings_variant"].eq("").all()
+    finally:
+        loaders.unregister("toy-loader")
+    assert "SKIP_TOY" not in fr.ignored_settings()
 
 
 def test_analysis_code_never_spells_a_library_name():

@@ -1,8 +1,10 @@
-"""The published H200 run regenerates its summary.csv with the same numbers, cell by cell."""
+"""The published runs regenerate: summary.md and summary.csv byte for byte, the first
+published columns cell by cell, and the numbers the results READMEs quote."""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -10,14 +12,25 @@ import pytest
 from loadbench.analysis import cli, summary
 from tests.conftest import ROOT
 
-PUBLISHED = ROOT / "docs" / "results" / "2026-11-22-h200-gpt-j-6b"
+RESULTS = ROOT / "docs" / "results"
+H200 = RESULTS / "2026-11-22-h200-gpt-j-6b"
+H100 = RESULTS / "2026-11-23-h100-llama-2-7b"
 
 
-@pytest.fixture(scope="module")
-def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("published")
-    assert cli.main([str(PUBLISHED / "raw"), "--out", str(out), "--no-plots"]) == 0
-    return out
+def _title(run: Path) -> str:
+    """The --title of the command the run's README says made its report."""
+    found = re.search(r'--title "([^"]+)"', (run / "README.md").read_text())
+    assert found, run
+    return found[1]
+
+
+@pytest.fixture(scope="module", params=[H200, H100], ids=["h200", "h100"])
+def regenerated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[Path, Path]:
+    run: Path = request.param
+    out = tmp_path_factory.mktemp(run.name)
+    assert cli.main([str(run / "raw"), "--out", str(out), "--title", _title(run), "--no-plots"]) == 0
+    return run, out
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -25,29 +38,57 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_every_published_cell_is_regenerated(regenerated):
-    old = _rows(PUBLISHED / "summary.csv")
-    new = _rows(regenerated / "summary.csv")
-    assert len(new) == len(old) == 14
+def test_summaries_regenerate_byte_for_byte(regenerated):
+    run, out = regenerated
+    for name in ("summary.md", "summary.csv"):
+        assert (out / name).read_bytes() == (run / name).read_bytes(), (run.name, name)
+
+
+# Medians each run's README quotes, and how many summary rows it has.
+QUOTED = {H200: (14, {("cold", "fastsafetensors"): "7.045", ("warm", "tensorizer"): "1.693"}),
+          H100: (24, {("cold", "reference"): "7.762", ("cold", "tensorizer-numreaders16"): "7.922",
+                      ("warm", "instanttensor-backendURING_BUFFERED"): "0.922",
+                      ("warm", "reference"): "0.900"})}
+
+
+def test_every_first_published_cell_is_regenerated(regenerated):
+    run, out = regenerated
+    old = _rows(run / "summary.csv")
+    new = _rows(out / "summary.csv")
+    count, quoted = QUOTED[run]
+    assert len(new) == len(old) == count
     # The 16 columns published on 2026-11-22; later columns are appended, never inserted.
     old_columns = ["model", "device", "cache_mode", "library", "version", "n", "median s",
                    "mean s (Tukey)", "removed", "p5 s", "p95 s", "GB/s", "% of ceiling", "tokens/s",
                    "verified", "errors"]
-    with (regenerated / "summary.csv").open(newline="") as f:
+    with (out / "summary.csv").open(newline="") as f:
         header = next(csv.reader(f))
     assert header[:len(old_columns)] == old_columns
     assert header[len(old_columns):] == list(summary.NEW_COLUMNS)
     for a, b in zip(old, new):
         for column in old_columns:
             assert b[column] == a[column], (a["cache_mode"], a["library"], column)
+    # The numbers the run's README quotes. Every document of both runs holds one trial, its
+    # pod's first load, so the first-in-process rule keeps every one of them.
+    medians = {(r["cache_mode"], r["library"]): r["median s"] for r in new}
+    assert {k: medians[k] for k in quoted} == quoted
 
 
 def test_the_published_report_reads_whole(regenerated):
-    md = (regenerated / "summary.md").read_text()
-    assert md.count("| library | version | n | median s |") == 2  # no empty io mode, × reference columns
-    assert "## Which loader to pick" in md
-    assert "cold on this storage, gpt-j-6b on NVIDIA H200: **fastsafetensors**" in md
-    assert "at 89% of the storage read ceiling" in md and "1.21× faster than huggingface" in md
-    html = (regenerated / "report.html").read_text()
-    assert "NVIDIA H200" in html and "torch" in html and "Run metadata" in html
+    run, out = regenerated
+    md = (out / "summary.md").read_text()
+    assert "## Which loader to pick" in md and "first-in-process trials only" in md
+    assert "## Repeat in a warm process" not in md and "## Errors" not in md  # one trial per pod
+    html = (out / "report.html").read_text()
+    assert "torch" in html and "Run metadata" in html
     assert "data:image/png" not in html  # --no-plots: tables only
+    if run == H200:
+        assert md.count("| library | version | n | median s |") == 2  # no empty io mode, × reference
+        assert "cold on this storage, gpt-j-6b on NVIDIA H200: **fastsafetensors**" in md
+        assert "at 89% of the storage read ceiling" in md and "1.21× faster than huggingface" in md
+        assert "## Pod overhead" not in md     # schema 1 recorded no pod time
+    else:
+        # Issue 19 quotes this run: a median of 17.2 s per pod outside the timed loads, 93 pods.
+        assert "Median outside the timed loads: 17.234 s over 93 pod(s)." in md
+        assert "| outside the timed loads (pod total − timed loads) | 17.234 | 93 |" in md
+        assert "<h2>Pod overhead</h2>" in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 
@@ -11,7 +12,7 @@ from loadbench import loaders
 from loadbench.analysis import frame as fr
 from loadbench.analysis import html as page
 from loadbench.analysis import summary as report
-from tests.unit.test_analysis_frame import make_doc
+from tests.unit.test_analysis_frame import GB, make_doc, pods
 
 REFERENCE = sorted(fr.reference_libraries())[0]
 BASELINE = fr.baseline_library()
@@ -27,9 +28,9 @@ def _row(g, name):
 
 
 def test_times_reference_and_which_loader_to_pick():
-    docs = [make_doc("tensorizer", (1.0, 1.1, 0.9, 1.0, 1.0), ceilings={"page_cache_read": 10.0}),
-            make_doc(BASELINE, (2.0, 2.1, 1.9, 2.0, 2.0)),
-            make_doc(REFERENCE, (0.5, 0.5, 0.5, 0.5, 0.5), io_mode="buffered preadv")]
+    docs = [*pods("tensorizer", (1.0, 1.1, 0.9, 1.0, 1.0), pod="t", ceilings={"page_cache_read": 10.0}),
+            *pods(BASELINE, (2.0, 2.1, 1.9, 2.0, 2.0), pod="b"),
+            *pods(REFERENCE, (0.5, 0.5, 0.5, 0.5, 0.5), pod="r", io_mode="buffered preadv")]
     _, (g,) = _groups(docs)
     assert g.reference_s == pytest.approx(0.5)
     assert _row(g, "tensorizer")["x_reference"] == pytest.approx(2.0)
@@ -43,7 +44,7 @@ def test_times_reference_and_which_loader_to_pick():
 
 
 def test_a_beaten_ceiling_is_unreliable_never_a_limit():
-    docs = [make_doc("tensorizer", (1.0,) * 5, ceilings={"page_cache_read": 1.5, "h2d_pinned": 50.0})]
+    docs = pods("tensorizer", (1.0,) * 5, ceilings={"page_cache_read": 1.5, "h2d_pinned": 50.0})
     _, (g,) = _groups(docs)
     assert g.unreliable == {"page_cache_read": pytest.approx(2.0)}
     assert g.bound_name == "page_cache_read" and g.bound_gbps is None
@@ -58,13 +59,13 @@ def test_a_beaten_ceiling_is_unreliable_never_a_limit():
 
 
 def test_within_three_percent_is_not_beaten():
-    _, (g,) = _groups([make_doc("tensorizer", (1.0,) * 5, ceilings={"page_cache_read": 1.95})])
+    _, (g,) = _groups(pods("tensorizer", (1.0,) * 5, ceilings={"page_cache_read": 1.95}))
     assert g.unreliable == {} and g.bound_gbps == pytest.approx(1.95)
 
 
 def test_a_pod_that_found_pages_resident_is_reported_partial():
-    docs = [make_doc("tensorizer", (5.0,) * 5, mode="cold"),
-            make_doc("tensorizer", (3.0,) * 5, mode="cold", resident=0.4, pod="pod-b")]
+    docs = [*pods("tensorizer", (5.0,) * 5, mode="cold"),
+            *pods("tensorizer", (3.0,) * 5, mode="cold", resident=0.4, pod="pod-b")]
     _, groups = _groups(docs)
     assert [g.state for g in groups] == ["cold", "partial"]
     partial = groups[1]
@@ -103,16 +104,70 @@ def test_pooled_run_ids_are_named():
     assert "pooled from run ids run-a, run-b" in report.markdown(report.blocks([g], []))
 
 
-def test_errors_are_counted_and_whole_messages_wrap_on_a_terminal():
+def test_a_failed_first_load_is_counted_and_whole_messages_wrap_on_a_terminal():
     long = "the checkpoint folder is missing " * 6
-    bad = make_doc(status="error")
-    bad["error"]["message"] = long.strip()
+    bad = make_doc(totals=(1.0, 1.0), pod="pod-b", settings={"NUM_TRIALS": 3})  # first failed, repeat ok
+    bad["trials"][0].update(status="error", total_s=None, error={"type": "OSError", "message": long})
+    bad["status"], bad["error"] = "error", {"type": "TrialFailed", "message": "1 of 2 trial(s) failed"}
     _, (g,) = _groups([make_doc(), bad])
     r = _row(g, "tensorizer")
-    assert r["errors"] == 1 and r["verified"] == 3 and r["trials"] == 3
+    assert r["errors"] == 1 and r["verified"] == 1 and r["trials"] == 2
     text = report.terminal([g])
     assert max(len(line) for line in text.splitlines()) < 200
     assert " ".join(text.split()).count("checkpoint folder is missing") == 6
+
+
+def test_one_pod_with_three_trials_is_one_headline_sample_and_two_repeats():
+    df, (g,) = _groups([make_doc(totals=(3.0, 1.0, 1.2))])   # NUM_TRIALS=3 in one pod
+    r = _row(g, "tensorizer")
+    assert r["n"] == 1 and r["median_s"] == pytest.approx(3.0) and r["verified"] == 1
+    assert len(g.ok()) == 1 and len(g.repeats) == 2
+    ((title, header, rows),) = report.repeat_tables(df)
+    assert title == g.title and header[:4] == ["library", "index in process", "n", "median s"]
+    assert rows == [["tensorizer", "1–2", "2", "1.100", "1.010", "1.190", "2/2", "3.000", "1", "0.37"]]
+    md = report.markdown(report.blocks([g], [], df=df))
+    assert "## Repeat in a warm process" in md and "first-in-process trials only" in md
+    assert md.index("## Repeat in a warm process") > md.index("| tensorizer |")
+
+
+def test_schema_2_documents_count_their_first_trial_only():
+    _, (g,) = _groups([make_doc(totals=(3.0, 1.0, 1.2), schema=2)])
+    assert _row(g, "tensorizer")["n"] == 1 and _row(g, "tensorizer")["median_s"] == pytest.approx(3.0)
+
+
+def test_a_pods_second_library_is_a_repeat_never_a_headline():
+    first = make_doc("safetensors", (2.0,))
+    second = make_doc(totals=(1.0,), first_index=1)   # same pod, loaded after safetensors
+    df, (g,) = _groups([first, second])
+    assert list(g.rows["row"]) == ["safetensors"]
+    ((_, _, rows),) = report.repeat_tables(df)
+    assert rows[0][:4] == ["tensorizer", "1", "1", "1.000"] and rows[0][-3:] == ["-", "0", "-"]
+    (line,) = report.picks([g])
+    assert "**safetensors**" in line
+
+
+def test_error_documents_never_form_a_group_and_are_listed_once_per_reason():
+    config_error = make_doc(status="error", pod="p1")
+    config_error.update(library="none", label="config-error", run_id="config-error", device=None,
+                        model=None, error={"type": "ConfigError", "message": "LIBRARIES: unknown "
+                                           "library 'tensoriser'; " + "choose one of many " * 20})
+    not_installed = make_doc("safetensors", status="error", pod="p2")
+    docs = [make_doc(), config_error, copy.deepcopy(config_error), not_installed]
+    df, groups = _groups(docs)
+    assert [g.title for g in groups] == ["gpt-j-6b on NVIDIA H200, warm"]
+    assert list(groups[0].rows["row"]) == ["tensorizer"] and groups[0].rows["errors"].tolist() == [0]
+    rows = report.error_table(df)
+    assert [r[:2] + r[-1:] for r in rows] == [["none", "config-error", "2"],
+                                              ["safetensors", "safetensors", "1"]]
+    assert rows[0][3].startswith("ConfigError: LIBRARIES: unknown library 'tensoriser'")
+    assert len(rows[0][3]) <= 120 and rows[0][3].endswith("...")
+    md = report.markdown(report.blocks(groups, [], df=df))
+    assert "## Errors" in md and "unknown on unknown" not in md
+    assert "| none | config-error | config-error | ConfigError: LIBRARIES" in md
+    text = report.terminal(groups, df)     # the terminal keeps the whole reason, wrapped
+    assert "Errors (documents that measured nothing)" in text
+    assert " ".join(text.split()).count("choose one of many") == 20
+    assert report.build(fr.frame([config_error])) == []
 
 
 def test_pod_time_table_has_every_phase_and_the_total():
@@ -154,5 +209,72 @@ def test_empty_and_odd_frames_build_nothing_without_error():
     assert report.build(fr.frame([])) == []
     assert report.table(fr.frame([])).empty
     assert report.episodes(fr.frame([make_doc(status="error")])) == []
-    (g,) = report.build(fr.frame([make_doc(status="error")]))
-    assert report.picks([g]) == [] and "error document" in report.markdown(report.blocks([g], []))
+    df = fr.frame([make_doc(status="error")])
+    assert report.build(df) == [] and report.repeat_tables(df) == []
+    md = report.markdown(report.blocks([], [], df=df))
+    assert "## Errors" in md and "the checkpoint folder is missing" in md
+    assert report.error_table(fr.frame([])) == [] and report.pod_overhead(fr.frame([]), {}) == []
+
+
+def test_pod_overhead_counts_each_pod_once_and_subtracts_every_timed_load():
+    # One pod, two libraries: startup and device init are the pod's, prepare and trials each one's.
+    a = make_doc("safetensors", (2.0,))
+    b = make_doc(totals=(1.0, 0.5), first_index=1)
+    for doc, prepare, trials, total in ((a, 0.5, 3.0, 7.5), (b, 0.25, 2.5, 10.5)):
+        doc["pod"]["phases"][2:] = [{"name": "prepare", "seconds": prepare},
+                                    {"name": "trials", "seconds": trials}]
+        doc["pod"]["total_s"] = total
+    other = make_doc(totals=(1.0,), pod="pod-b")   # a second pod: 3 + 1 + 0.5 + 2 = 6.5 of 7
+    df = fr.frame([a, b, other])
+    (o,) = report.pod_overhead(df, df.attrs["phases"])
+    pods_ = o.pods.set_index("pod")
+    assert pods_.loc["pod-0", "total_s"] == 10.5 and pods_.loc["pod-0", "loads_s"] == pytest.approx(3.5)
+    assert pods_.loc["pod-0", "outside_s"] == pytest.approx(7.0)
+    assert pods_.loc["pod-0", "pod_startup_and_imports_s"] == 3.0          # once, not twice
+    assert pods_.loc["pod-0", "pod_prepare_s"] == pytest.approx(0.75)      # summed over libraries
+    assert pods_.loc["pod-0", "unnamed_s"] == pytest.approx(10.5 - 3 - 1 - 0.75 - 5.5)
+    assert pods_.loc["pod-b", "outside_s"] == pytest.approx(6.0)
+    assert o.outside_s == pytest.approx(6.5)
+    header, rows = o.table()
+    assert header == ["pod time", "median s", "pods"]
+    assert rows[0] == ["startup and imports", "3.000", "2"]
+    assert rows[-1] == ["outside the timed loads (pod total − timed loads)", "6.500", "2"]
+    md = report.markdown(report.blocks(report.build(df), [], phases=df.attrs["phases"], df=df))
+    assert "## Pod overhead" in md and "Median outside the timed loads: 6.500 s over 2 pod(s)." in md
+
+
+def _tp_doc(library: str, size: int, total: float, pod: str, read: float, share: float,
+            mode: str = "warm") -> dict:
+    doc = make_doc(library, (total,), pod=pod, mode=mode, settings={"TP_SIZE": size}, nbytes=2 * GB)
+    doc["tp_size"] = size
+    if size > 1:
+        doc["trials"][0]["ranks"] = [{"rank": r, "status": "ok", "bytes": int(share * GB),
+                                      "storage_read_bytes": int(read * GB), "cache_read_bytes": 0,
+                                      "total_s": total} for r in range(size)]
+    doc["trials"][0].update(storage_read_bytes=int(read * GB * size), cache_read_bytes=0)
+    return doc
+
+
+def test_tp_reports_bytes_per_rank_and_scaling():
+    docs = [_tp_doc("tensorizer", 1, 2.0, "a", 2.0, 2.0), _tp_doc("tensorizer", 1, 2.2, "b", 2.0, 2.0),
+            _tp_doc("tensorizer", 2, 1.2, "c", 1.0, 1.0), _tp_doc("tensorizer", 2, 1.4, "d", 1.0, 1.0),
+            _tp_doc("safetensors", 2, 1.5, "e", 2.0, 1.0)]     # no TP=1 run: no scaling row
+    df, (g,) = _groups(docs)
+    assert sorted(g.rows["row"]) == ["safetensors", "tensorizer [TP_SIZE=1]", "tensorizer [TP_SIZE=2]"]
+    lines = report.rank_lines(g)
+    assert lines == ["safetensors: rank 0 read 2.00 GB of storage for a 1.00 GB share; rank 1 read "
+                     "2.00 GB of storage for a 1.00 GB share (median of 1 load(s))",
+                     "tensorizer [TP_SIZE=2]: rank 0 read 1.00 GB of storage for a 1.00 GB share; "
+                     "rank 1 read 1.00 GB of storage for a 1.00 GB share (median of 2 load(s))"]
+    (row,) = report.scaling([g])
+    assert row == [g.title, "tensorizer", "2", "2.100", "2", "1.300", "2", "0.62", "2.00 + 0.00",
+                   "1.00 + 0.00", "1.00"]
+    md = report.markdown(report.blocks([g], [], df=df))
+    assert "## Tensor parallel scaling" in md and "### Bytes read per rank (tensor parallel)" in md
+
+
+def test_without_tp_documents_there_is_no_tp_view():
+    df, (g,) = _groups([make_doc()])
+    assert report.rank_lines(g) == [] and report.scaling([g]) == []
+    md = report.markdown(report.blocks([g], [], df=df))
+    assert "Tensor parallel" not in md and "## Repeat in a warm process" in md and "## Errors" not in md
