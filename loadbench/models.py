@@ -124,7 +124,7 @@ def meta_parameters() -> Iterator[None]:
             meta = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
             module._parameters[name] = meta
 
-    torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+    torch.nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
@@ -181,7 +181,7 @@ def random_model(model_id: str, dtype: torch.dtype, device: torch.device, seed: 
                 value = torch.empty(param.shape, dtype=dtype, device=device)
                 value.normal_(0.0, 0.02, generator=gen)
             module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
-    model.tie_weights()
+    model.tie_weights()  # type: ignore[operator]
     return model.to(device)
 
 
@@ -201,7 +201,7 @@ def load_source(model_id: str, dtype: torch.dtype, device: torch.device, seed: i
 
 def finish(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """After a loader filled the parameters: tie shared weights, move buffers."""
-    model.tie_weights()
+    model.tie_weights()  # type: ignore[operator]
     left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if left:
         raise RuntimeError(f"{len(left)} parameters were never loaded, e.g. {left[0]}")

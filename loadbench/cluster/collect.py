@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from loadbench.cluster.dump import PREFIX as FILE_PREFIX
-from loadbench.schema import display, other_kind, read_json
+from loadbench.schema import display, other_kind, parse_json, read_json
 from loadbench.schema import result as results
 from loadbench.storage.files import FILE_MODE
 
@@ -288,15 +288,6 @@ def read_log(api: Any, name: str, namespace: str, limit: int = MAX_LOG_BYTES) ->
     return text, size > limit
 
 
-def _parse(payload: str) -> tuple[Any, str | None]:
-    try:
-        return json.loads(payload), None
-    except RecursionError:
-        return None, "not valid JSON: nested too deeply to parse"
-    except ValueError as e:
-        return None, f"not valid JSON: {_short(e, 200)}"
-
-
 def _each_record(text: str, prefix: str, report: Report, where: Callable[[int], str],
                  not_a_record: Callable[[Any], str], handle: Callable[[str, dict[str, Any], int], None]
                  ) -> int:
@@ -311,7 +302,7 @@ def _each_record(text: str, prefix: str, report: Report, where: Callable[[int], 
         n += 1
         here = where(lineno)
         try:
-            record, why = _parse(line[len(prefix):])
+            record, why = parse_json(line[len(prefix):])
             if why is None and not isinstance(record, dict):
                 why = not_a_record(record)
             if why is not None:

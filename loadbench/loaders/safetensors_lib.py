@@ -50,25 +50,27 @@ def assign(model: torch.nn.Module, state: dict[str, torch.Tensor], device: torch
     return models.finish(model, device)
 
 
-def load(ctx: LoadContext) -> torch.nn.Module:
-    from safetensors.torch import load_file
+def _skeleton(ctx: LoadContext, io_mode: str) -> torch.nn.Module:
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
-    device = str(ctx.device)
-    ctx.io_mode = "mmap (page cache)"
+    ctx.io_mode = io_mode
+    return model
+
+
+def load(ctx: LoadContext) -> torch.nn.Module:
+    from safetensors.torch import load_file
+    model = _skeleton(ctx, "mmap (page cache)")
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(ctx.checkpoint.folder):
-        state.update(load_file(path, device=device))
+        state.update(load_file(path, device=str(ctx.device)))
     return assign(model, state, ctx.device)
 
 
 def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Tensor parallel: this rank's slices only, through safe_open(...).get_slice."""
     from safetensors import safe_open
-    model = models.skeleton(ctx.config, ctx.dtype)
-    ctx.mark("skeleton")
+    model = _skeleton(ctx, "mmap (page cache), safe_open().get_slice of the rank's slices")
     device = str(ctx.device)
-    ctx.io_mode = "mmap (page cache), safe_open().get_slice of the rank's slices"
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(ctx.checkpoint.folder):
         with safe_open(path, framework="pt", device=device) as f:

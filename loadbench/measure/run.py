@@ -73,6 +73,19 @@ class Emitter:
                 f"{one_line(path_error)}; its LOADBENCH_RESULT line is on stdout")
 
 
+def res_path_problem(res_path: str) -> str | None:
+    """Why nothing could be written under RES_PATH (create, write and remove a probe), or None."""
+    probe = os.path.join(res_path, f".loadbench-probe-{os.getpid()}")
+    try:
+        os.makedirs(res_path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("probe")
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def config_error_document(exc: BaseException, environ: dict[str, str]) -> dict[str, Any]:
     recorded = {k: environ.get(k) for k in config.settings.BY_NAME if k in environ}
     recorded["RUN_ID"] = environ.get("RUN_ID") if valid_run_id(environ.get("RUN_ID")) else "config-error"
@@ -101,6 +114,11 @@ def _main(env: dict[str, str], clock: PodClock) -> int:
                        result_lines_wanted((env.get("RESULT_LINES") or "auto").strip().lower()))
         emit(config_error_document(e, env))
         log(f"configuration error: {one_line(e)}")  # the last line: what was wrong and where
+        return EXIT_BAD_INPUT
+    problem = res_path_problem(cfg.res_path)
+    if problem:  # nothing could be kept: say so before any work, as bad input no retry fixes
+        log(f"configuration error: RES_PATH={cfg.res_path!r} is not writable: {problem}; mount a "
+            f"writable volume there or set RES_PATH (exit {EXIT_BAD_INPUT})")
         return EXIT_BAD_INPUT
     emit = Emitter(cfg.res_path, result_lines_wanted(cfg.result_lines))
     writer: Callable[[dict[str, Any]], None] = (
@@ -138,15 +156,17 @@ def _main(env: dict[str, str], clock: PodClock) -> int:
         log(f"rank {multi.rank} of {multi.world} pods: rank 0's pod ({multi.addr}) wrote the {len(docs)} "
             f"document(s), {ok} ok; this pod wrote none (exit {code}, as rank 0's)")
         return code
-    if emit.unwritten:
+    if emit.unwritten:  # bad input (2) still wins: a retry cannot fix it
+        final = code if code == EXIT_BAD_INPUT else EXIT_NOT_WRITTEN
         log(f"{len(emit.unwritten)} result document(s) could not be written under RES_PATH="
             f"{cfg.res_path!r} ({', '.join(emit.unwritten)}); their LOADBENCH_RESULT lines are on "
-            f"stdout (exit {EXIT_NOT_WRITTEN})")
-        return EXIT_NOT_WRITTEN
+            f"stdout (exit {final})")
+        return final
     failed = [d for d in docs if d["status"] != "ok"]
     if failed:  # the last line names what went wrong, not a table row
-        e = failed[0]["error"] or {}
-        log(f"{len(failed)} of {len(docs)} failed; {failed[0]['label']}: {e.get('message')} (exit {code})")
+        first = failed[0]["error"] or {}
+        log(f"{len(failed)} of {len(docs)} failed; {failed[0]['label']}: {first.get('message')} "
+            f"(exit {code})")
     else:
         log(f"all {len(docs)} ok: {sum(len(d['trials']) for d in docs)} verified load(s); documents "
             f"under {os.path.join(cfg.res_path, cfg.run_id)}")

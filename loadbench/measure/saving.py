@@ -52,7 +52,7 @@ def check_space(root: str, needed: int) -> None:
         probe = os.path.dirname(probe) or "."
     free = shutil.disk_usage(probe).free
     if needed * SPACE_MARGIN > free:
-        raise NoSpace(f"saving needs {needed * SPACE_MARGIN / 1e9:.1f} GB, {free / 1e9:.1f} GB free on "
+        raise NoSpace(f"saving needs {human_bytes(needed * SPACE_MARGIN)}, {human_bytes(free)} free on "
                       f"{probe}: use a larger volume or fewer LIBRARIES (each format is a full copy)")
 
 
@@ -62,7 +62,7 @@ def no_space_message(exc: BaseException, folder: str) -> str | None:
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "unexpected pos" in text \
             or "No space left" in text:
         free = shutil.disk_usage(folder).free if os.path.exists(folder) else 0
-        return (f"no space left on {folder} while saving ({free / 1e9:.2f} GB free now): use a "
+        return (f"no space left on {folder} while saving ({human_bytes(free)} free now): use a "
                 f"larger volume or fewer LIBRARIES")
     return None
 
@@ -128,7 +128,7 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
     if device.type != "cpu":
         model = model.to("cpu")  # the writers want host tensors
 
-    config = model.config
+    config: Any = model.config
     model_info = {"id": model_id, "name": model_slug(model_id),
                   "arch": (config.architectures or [type(model).__name__])[0],
                   "model_type": config.model_type, "dtype": cfg.dtype, "params": params,

@@ -87,7 +87,7 @@ class RankWorker:
         machine.init_device(self.device)
         dist.init_process_group("nccl" if cuda else "gloo", rank=self.rank, world_size=self.world,
                                 timeout=timedelta(seconds=pool["timeout_s"] + 60),
-                                **({"device_id": self.device} if cuda else {}))
+                                **({"device_id": self.device} if cuda else {}))  # type: ignore[arg-type]
         self.barrier()
         self.peers = self.gather(dict(self.who, rank=self.rank))
 

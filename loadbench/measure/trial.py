@@ -11,7 +11,7 @@ import gc
 import os
 import statistics
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -43,7 +43,7 @@ def _prompt_ids(ckpt: Checkpoint, vocab_size: int, device: torch.device) -> torc
     return torch.tensor([ids], device=device)
 
 
-def _generate(model: torch.nn.Module, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
+def _generate(model: Any, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
     kwargs = dict(do_sample=False, attention_mask=torch.ones_like(ids),
                   pad_token_id=model.config.eos_token_id or 0)
     start = time.perf_counter()
@@ -53,17 +53,18 @@ def _generate(model: torch.nn.Module, ids: torch.Tensor, n: int) -> tuple[torch.
 
 
 @torch.no_grad()
-def first_token(model: torch.nn.Module, ids: torch.Tensor) -> float:
+def first_token(model: Any, ids: torch.Tensor) -> float:
     """Seconds to the first generated token right after the load, nothing warmed:
     with the load, what a user waits for before the model answers."""
     return _generate(model, ids, 1)[1]
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, runs: int) -> dict[str, Any]:
+def generate(model: Any, ids: torch.Tensor, new_tokens: int, runs: int) -> dict[str, Any]:
     """Greedy tokens/s: the median of `runs` timed generations after a warm-up."""
     _generate(model, ids, 2)
-    times, out = [], None
+    times: list[float] = []
+    out = ids
     for _ in range(runs):
         out, seconds = _generate(model, ids, new_tokens)
         times.append(seconds)
@@ -150,7 +151,7 @@ def grade(record: dict[str, Any], name: str | None, limit: float | None) -> None
             f"ceiling is unreliable and is flagged, not shown as a limit")
 
 
-def verify_into(record: dict[str, Any], state: dict[str, torch.Tensor], expected: dict[str, Any],
+def verify_into(record: dict[str, Any], state: dict[str, torch.Tensor], expected: Mapping[str, Any],
                 device: torch.device, who: str = "") -> None:
     """Check every tensor against the manifest, outside the clock; a mismatch marks the record."""
     t0 = time.perf_counter()
@@ -194,7 +195,7 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
                                          {id(v): v for v in state.values()}.values())
         verify_into(trial, state, ckpt.tensors, device)
         del state
-        if trial["status"] == "ok" and inference:
+        if trial["status"] == "ok" and inference and ids is not None:
             trial.update(generate(model, ids, *inference))
     except Exception as e:
         trial.update(status="error", error=error_info(e, where(e)))

@@ -71,18 +71,28 @@ def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: conf
     own: list[dict[str, Any]] = []
     t = time.perf_counter()
     done, code, stage = 0, EXIT_OK, "prepare"
+    def step(name: str) -> None:
+        """Close a named part of the preparation: a pod's time outside its loads, itemised."""
+        nonlocal t
+        now_t = time.perf_counter()
+        own.append({"name": name, "seconds": now_t - t})
+        t = now_t
+
     try:
         mod = require_library(lib, cfg, device, doc)
         strategy.check(lib, mod, doc)
+        step("library import")
         ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
         files = strategy.files(ckpt)
         doc["model"] = dict(ckpt.manifest["model"], format=spec.format,
                             file_bytes=sum(os.path.getsize(p) for p in files), files=len(files))
+        step("checkpoint open")
         doc["ceilings"] = node_ceilings(cfg, ckpt.weight_files, device, state, own)
-        strategy.prepare(lib, mod, options, ckpt, doc, own)
-        own.append({"name": "prepare", "seconds": time.perf_counter() - t
-                    - sum(p["seconds"] for p in own)})
-        t = time.perf_counter()
+        t = time.perf_counter()  # the ceilings phase, when there is one, is recorded by node_ceilings
+        inner = len(own)
+        strategy.prepare(lib, mod, options, ckpt, doc, own)  # may itemise its own parts
+        step("prepare")
+        own[-1]["seconds"] -= sum(p["seconds"] for p in own[inner:-1])
         for i in range(cfg.num_trials):
             stage = f"trial {i + 1}"
             one, trial_code = strategy.trial(i)
@@ -94,7 +104,7 @@ def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: conf
             code = max(code, trial_code)
         stage = "the end of the trials"
         strategy.finish()
-        own.append({"name": "trials", "seconds": time.perf_counter() - t})
+        step("trials")
         beaten = sorted({x["ceiling"] for x in doc["trials"] if x.get("ceiling_beaten")})
         if beaten and doc["ceilings"] is not None:
             doc["ceilings"]["unreliable"] = beaten
@@ -137,7 +147,9 @@ class SingleProcess:
         # Import the architecture's modeling code once per pod, untimed: the first
         # library would otherwise pay for every library's imports.
         if not self.state.warmed:
+            t0 = time.perf_counter()
             models.skeleton(LoadContext(ckpt, self.device, self.dtype, options).config, self.dtype)
+            own.append({"name": "modeling imports", "seconds": time.perf_counter() - t0})
             self.state.warmed = True
 
     def trial(self, i: int) -> tuple[dict[str, Any], int]:

@@ -15,7 +15,7 @@ Version history:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, Field
 
@@ -33,10 +33,14 @@ def _not_dots(name: str) -> str:
     return name
 
 
-FileName = Annotated[text(r"^[^/\\\x00-\x1f\x7f]+$", "should be a plain file name (no '/', '\\' or "
-                          "control characters)", 1, 255), AfterValidator(_not_dots)]
-FormatName = Annotated[text(r"^[A-Za-z0-9._-]*$", "should use only letters, digits, '.', '_' and '-'",
-                            1, 64), AfterValidator(_not_dots)]
+if TYPE_CHECKING:  # text() builds its types at run time; to mypy each is the str it checks
+    FileName = str
+    FormatName = str
+else:
+    FileName = Annotated[text(r"^[^/\\\x00-\x1f\x7f]+$", "should be a plain file name (no '/', '\\' "
+                              "or control characters)", 1, 255), AfterValidator(_not_dots)]
+    FormatName = Annotated[text(r"^[A-Za-z0-9._-]*$", "should use only letters, digits, '.', '_' "
+                                "and '-'", 1, 64), AfterValidator(_not_dots)]
 
 
 class FileEntry(Model):

@@ -98,7 +98,7 @@ def warm(paths: Iterable[str], log: Callable[[str], None] | None = None) -> int:
                 total += n
                 if progress:
                     progress.advance(n)
-    if progress:
+    if progress and log:
         log(f"warmed {total / 1e9:.1f} GB in {progress.finish():.1f} s")
     return total
 

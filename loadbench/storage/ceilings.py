@@ -85,8 +85,15 @@ def timed_reads(paths: list[str], seconds: float, direct: bool, threads: int = T
                 os.close(fd)
             buf.close()
 
+    return total[0], run_workers(worker, threads, errors)
+
+
+def run_workers(worker: Callable[[], None], n: int, errors: list[BaseException],
+                name: str = "loadbench-read") -> float:
+    """Run `worker` on n threads at once; seconds from the first start to the last end. The
+    workers append what they raise to `errors`; the first is raised here."""
     start = time.perf_counter()
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    pool = [threading.Thread(target=worker, name=f"{name}-{i}") for i in range(n)]
     for t in pool:
         t.start()
     for t in pool:
@@ -94,7 +101,7 @@ def timed_reads(paths: list[str], seconds: float, direct: bool, threads: int = T
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return total[0], elapsed
+    return elapsed
 
 
 def _result(nbytes: int, seconds: float, method: str) -> dict[str, Any]:
@@ -352,8 +359,8 @@ def limits_for(resident: float) -> tuple[str, str]:
 
 def bound(ceilings: dict[str, Any] | None, resident: float) -> tuple[str | None, float | None]:
     """(name, GB/s) of the lower of the two limits_for(resident) that were measured."""
-    candidates = [(n, ((ceilings or {}).get(n) or {}).get("gbps")) for n in limits_for(resident)]
-    candidates = [c for c in candidates if c[1]]
+    found = [(n, ((ceilings or {}).get(n) or {}).get("gbps")) for n in limits_for(resident)]
+    candidates: list[tuple[str, float]] = [(n, float(g)) for n, g in found if g]
     if not candidates:
         return None, None
     return min(candidates, key=lambda c: c[1])

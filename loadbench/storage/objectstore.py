@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 from loadbench.errors import CheckpointError, ConfigError, Transient
 from loadbench.schema.manifest import MANIFEST
 from loadbench.schema.manifest import problems as manifest_problems
+from loadbench.storage.ceilings import run_workers
 
 Buffer = Union[bytearray, memoryview]
 Progress = Optional[Callable[[str], None]]
@@ -564,7 +565,7 @@ def download_folder(uri: S3Uri | str, local_dir: str, *, concurrency: int = DEFA
     from boto3.s3.transfer import create_transfer_manager
     from s3transfer.subscribers import BaseSubscriber
 
-    class Known(BaseSubscriber):  # type: ignore[misc]  # the listing's size and ETag: no HEAD, and IfMatch on every GET
+    class Known(BaseSubscriber):  # the listing's size and ETag: no HEAD, and IfMatch on every GET
         def __init__(self, info: ObjectInfo) -> None:
             self.info = info
 
@@ -811,15 +812,7 @@ def _timed_gets(c: Any, bucket: str, key: str, size: int, streams: int, range_by
         except BaseException as e:  # reported to the caller
             errors.append(e)
 
-    start = time.perf_counter()
-    pool = [threading.Thread(target=worker, name=f"loadbench-get-{i}") for i in range(streams)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - start
-    if errors:
-        raise errors[0]
+    elapsed = run_workers(worker, streams, errors, "loadbench-get")
     return state["bytes"], elapsed, state["requests"]
 
 

@@ -48,11 +48,24 @@ def test_a_signal_mid_run_leaves_an_error_document_with_the_trials_done(saved_mo
     assert f"exit {code}" in last_line(err) and "Traceback" not in err
 
 
-def test_unwritable_results_exit_4_and_keep_the_data_in_the_log(saved_model, tmp_path):
+def test_an_unwritable_res_path_exits_2_before_any_trial(saved_model, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where RES_PATH should be a folder")
     proc = run_script("deserialize_benchmark.py", bench_env(saved_model, blocker, LIBRARIES="safetensors",
-                                                            RESULT_LINES="0"))
+                                                            RESULT_LINES="0", CEILINGS="reuse"))
+    assert proc.returncode == 2, proc.stderr
+    assert "trial" not in proc.stderr and not result_lines(proc.stdout)
+    line = last_line(proc.stderr)
+    assert f"RES_PATH={str(blocker)!r} is not writable" in line and "(exit 2)" in line
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line, no traceback
+
+
+def test_results_unwritable_mid_run_exit_4_and_keep_the_data_in_the_log(saved_model, tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "blocked").write_text("a file where the run's folder should be")  # RES_PATH itself is fine
+    proc = run_script("deserialize_benchmark.py", bench_env(saved_model, res, LIBRARIES="safetensors",
+                                                            RESULT_LINES="0", RUN_ID="blocked"))
     assert proc.returncode == 4, proc.stderr
     (doc,) = result_lines(proc.stdout)  # printed although RESULT_LINES=0: the logs keep the data
     assert doc["status"] == "ok" and doc["trials"][0]["tensors_verified"] > 0
