@@ -172,6 +172,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_PATH", _str, "",
             "Folder holding this model's checkpoints and manifest.json. "
             "Empty: loadbench-data/models/<model name> (under /data in the image).", "path", seed=True),
+    Setting("MODEL_URI", _str, "",
+            "Object storage the checkpoint is read from (s3://bucket/prefix; endpoint and credentials "
+            "the AWS way: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the pod's "
+            "role). save_models.py uploads there; each trial downloads into MODEL_PATH (or the node "
+            "cache) and loads, timed as one. Empty: MODEL_PATH is the source.", "s3://bucket/prefix"),
+    Setting("S3_CACHE", _choice(("none", "node")), "none",
+            "With MODEL_URI: none downloads for every load; node shares one verified copy per node "
+            "under MODEL_PATH (a hostPath): the first pod fills it under a lock, later pods read it.",
+            "none, node"),
+    Setting("S3_CONCURRENCY", _int(1), "16", "Parallel requests for uploads and downloads.",
+            "integer >= 1"),
+    Setting("S3_PART_BYTES", parse_size, "64M",
+            "Bytes per multipart part and per ranged GET.", "size (64M, 1G)"),
     Setting("DTYPE", _choice(DTYPES), "", "Weight dtype. Empty: float16, or float32 when USE_FP16=0.",
             ", ".join(DTYPES)),
     Setting("USE_FP16", parse_bool, "",
@@ -285,6 +298,10 @@ class Settings:
     ceiling_seconds: float
     ceilings_ttl_s: float
     result_lines: str
+    model_uri: str = ""
+    s3_cache: str = "none"
+    s3_concurrency: int = 16
+    s3_part_bytes: int = 64 << 20
     options: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
     identity: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)  # every variable by name, as parsed
@@ -328,6 +345,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                               f"nothing to run")
 
     model_path, run_id = default_paths(v["MODEL_ID"], v["MODEL_PATH"], v["RUN_ID"], v["CACHE_MODE"])
+    model_uri = v["MODEL_URI"] or ""
+    if model_uri:
+        from loadbench.storage.objectstore import parse_uri
+        model_uri = str(parse_uri(model_uri, "MODEL_URI"))  # ConfigError names the variable
     if not valid_run_id(run_id):
         raise ConfigError(f"RUN_ID={run_id!r}: use only letters, digits, '.', '_' and '-'")
     shard = v["SHARD_SIZE"].lower()
@@ -349,9 +370,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         libraries=libs, device=v["DEVICE"], cache_mode=v["CACHE_MODE"],
         skip_inference=v["SKIP_INFERENCE"], max_new_tokens=v["MAX_NEW_TOKENS"],
         inference_runs=v["INFERENCE_RUNS"], ceilings=ceilings, ceiling_seconds=v["CEILING_SECONDS"],
-        ceilings_ttl_s=v["CEILINGS_TTL"],
+        ceilings_ttl_s=v["CEILINGS_TTL"], model_uri=model_uri, s3_cache=v["S3_CACHE"],
+        s3_concurrency=v["S3_CONCURRENCY"], s3_part_bytes=v["S3_PART_BYTES"],
         result_lines=v["RESULT_LINES"], options=options, identity=identity,
-        raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id, CEILINGS=ceilings))
+        raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id, CEILINGS=ceilings,
+                 MODEL_URI=model_uri))
 
 
 def variants(settings: Settings) -> list[tuple[str, dict[str, Any]]]:

@@ -88,7 +88,13 @@ def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device, 
         return None
     if state.ceilings_s is None:
         before = time.perf_counter()
-        if cfg.ceilings == "measure":
+        if cfg.model_uri:  # what this endpoint serves, and the device; there are no local files yet
+            from loadbench.storage import objectstore
+            state.ceilings = dict(ceilings.device_ceilings(device, cfg.ceiling_seconds, log),
+                                  source="measured")
+            state.ceilings["s3_get"] = objectstore.get_ceiling(cfg.model_uri,
+                                                               seconds=cfg.ceiling_seconds, progress=log)
+        elif cfg.ceilings == "measure":
             state.ceilings = dict(ceilings.measure(paths, device, cfg.ceiling_seconds, log),
                                   source="measured")
         else:

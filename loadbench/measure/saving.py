@@ -189,6 +189,13 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
     if tp:
         manifest["tp"] = {str(cfg.tp_size): tp["slices"]}
     write_json_atomic(os.path.join(root, MANIFEST), manifest)
+    if cfg.model_uri:  # the upload ends with manifest.json: a save is complete only then
+        from loadbench.storage import objectstore
+        progress(f"uploading {root} to {cfg.model_uri} ({cfg.s3_concurrency} requests at once)")
+        sent = objectstore.upload_folder(root, cfg.model_uri, concurrency=cfg.s3_concurrency,
+                                         part_bytes=cfg.s3_part_bytes, progress=progress)
+        progress(f"uploaded {human_bytes(sent['bytes'])} in {sent['seconds']:.1f} s "
+                 f"({sent['gbps']:.2f} GB/s) to {cfg.model_uri}")
     return manifest
 
 

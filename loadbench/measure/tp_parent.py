@@ -92,11 +92,16 @@ class Ranks:
         self.world = multi.world if multi else cfg.tp_size
         self.local = 1 if multi else self.world  # rank processes in this pod
         self.pool: RankPool | None = None
+        self.source: Any = None
         self.stage = "prepare"
 
     def check(self, lib: str, mod: Any, doc: dict[str, Any]) -> None:
         self.lib = lib
         doc["tp_size"] = self.world
+        if self.cfg.model_uri:
+            raise ConfigError(f"MODEL_URI with TP_SIZE={self.world}: tensor-parallel loads from object "
+                              f"storage are not supported yet; download the checkpoint to MODEL_PATH "
+                              f"(S3_CACHE=node, TP_SIZE=1 once) or use TP_SIZE=1")
         if not loaders.get(lib).supports_tp:
             raise TPNotSupported(f"library {lib!r}: tensor-parallel loading (TP_SIZE={self.world}) is "
                                  f"not supported for this library in loadbench yet; use TP_SIZE=1 for "

@@ -127,11 +127,14 @@ class TimedLoad:
         return self
 
     def times(self) -> dict[str, Any]:
+        downloaded_at = self.ctx.marks.get("download")
+        begin = downloaded_at or self.start  # the load proper starts after a download
         skeleton_at = self.ctx.marks.get("skeleton")
         device = self.ctx.device
         return dict(total_s=self.end - self.start,
-                    skeleton_s=(skeleton_at - self.start) if skeleton_at else None,
-                    weights_s=self.end - (skeleton_at or self.start),
+                    download_s=(downloaded_at - self.start) if downloaded_at else None,
+                    skeleton_s=(skeleton_at - begin) if skeleton_at else None,
+                    weights_s=self.end - (skeleton_at or begin),
                     peak_rss_bytes=self.rss.peak, peak_rss_method=self.rss.method,
                     peak_device_bytes=torch.cuda.max_memory_allocated(device)
                     if device.type == "cuda" else None, **self.io)
@@ -165,15 +168,25 @@ def verify_into(record: dict[str, Any], state: dict[str, torch.Tensor], expected
 
 def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
               options: dict[str, Any], mode: str, measured: dict[str, Any] | None,
-              inference: tuple[int, int] | None, index_in_process: int | None = None
-              ) -> tuple[dict[str, Any], LoadContext]:
-    """One load, checked. `inference` is (new tokens, runs), or None to skip it."""
+              inference: tuple[int, int] | None, index_in_process: int | None = None,
+              source: Any = None) -> tuple[dict[str, Any], LoadContext]:
+    """One load, checked. `inference` is (new tokens, runs), or None to skip it. With an
+    object-storage `source`, the download is inside the clock, marked as its own phase."""
     release(device)
     trial = new_trial(mode, index_in_process)
-    resident = prepare_cache(mode, ckpt.weight_files, trial)
+    files = source.local_files(ckpt) if source is not None else ckpt.weight_files
+    resident = prepare_cache(mode, files, trial) if files else 0.0  # nothing local yet
     trial["resident_before"] = resident
     ctx = LoadContext(ckpt, device, dtype, options)
-    load = TimedLoad(ctx).run(mod.load)
+
+    def fetch_then_load(ctx: LoadContext) -> Any:
+        got = source.fetch(ctx.checkpoint) if source is not None else None
+        if got is not None:
+            ctx.checkpoint, ctx.info["fetch"] = got
+            ctx.mark("download")
+        return mod.load(ctx)
+
+    load = TimedLoad(ctx).run(fetch_then_load)
     trial["started_at"] = load.started_at
     if load.failure is not None:
         trial["finished_at"] = now()
@@ -184,7 +197,7 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
     trial["library_info"] = ctx.info
     trial.update(load.times())
     trial["gbps"] = ckpt.manifest["model"]["bytes"] / trial["total_s"] / 1e9
-    grade(trial, *ceilings.bound(measured, resident))
+    grade(trial, *ceilings.bound(measured, resident, "s3" if "download" in ctx.marks else "local"))
     try:
         # The prompt is tokenized once per trial (the tokenizer is read from disk).
         ids = _prompt_ids(ckpt, model.config.vocab_size, device) if inference else None

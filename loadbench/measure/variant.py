@@ -33,11 +33,13 @@ from loadbench.measure.pod import (
     terminated,
     trials_failed,
 )
-from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
+from loadbench.measure.source import Source, for_settings
+from loadbench.storage.checkpoint import Checkpoint
 
 
 class Strategy(Protocol):
     """How the loads of one variant are made: in this process, or by rank processes."""
+    source: Source | None
 
     def check(self, lib: str, mod: Any, doc: dict[str, Any]) -> None:
         """Bad input for this strategy (e.g. no TP path) raises before any work."""
@@ -82,12 +84,18 @@ def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: conf
         mod = require_library(lib, cfg, device, doc)
         strategy.check(lib, mod, doc)
         step("library import")
-        ckpt = open_checkpoint(cfg.model_path, spec.format, cfg.model_id, cfg.dtype)
+        source = for_settings(cfg)
+        ckpt = source.open(spec.format)
+        doc["source"] = source.record()
         files = strategy.files(ckpt)
+        sizes = {os.path.join(ckpt.folder, e["name"]): e["bytes"]
+                 for e in ckpt.manifest["formats"][ckpt.format]["files"]}
         doc["model"] = dict(ckpt.manifest["model"], format=spec.format,
-                            file_bytes=sum(os.path.getsize(p) for p in files), files=len(files))
+                            file_bytes=sum(sizes.get(p) or os.path.getsize(p) for p in files),
+                            files=len(files))
         step("checkpoint open")
         doc["ceilings"] = node_ceilings(cfg, ckpt.weight_files, device, state, own)
+        strategy.source = source
         t = time.perf_counter()  # the ceilings phase, when there is one, is recorded by node_ceilings
         inner = len(own)
         strategy.prepare(lib, mod, options, ckpt, doc, own)  # may itemise its own parts
@@ -132,6 +140,7 @@ class SingleProcess:
 
     def __init__(self, cfg: config.Settings, device: torch.device, state: PodState) -> None:
         self.cfg, self.device, self.state = cfg, device, state
+        self.source: Source | None = None
         self.dtype = models.DTYPES[cfg.dtype]
         self.inference = None if cfg.skip_inference else (cfg.max_new_tokens, cfg.inference_runs)
 
@@ -155,7 +164,7 @@ class SingleProcess:
     def trial(self, i: int) -> tuple[dict[str, Any], int]:
         one, ctx = trial.run_trial(self.mod, self.ckpt, self.device, self.dtype, self.options,
                                    self.cfg.cache_mode, self.doc["ceilings"], self.inference,
-                                   self.state.next_load())
+                                   self.state.next_load(), self.source)
         one["io_mode"] = ctx.io_mode
         return one, EXIT_OK if one["status"] == "ok" else EXIT_FAILED
 

@@ -34,12 +34,15 @@ Version history (as pyperf keeps one):
   document that is ok or has ok trials names its model (bytes >= 1) and device.
 - ``loadbench.result/3``: trials gain ``index_in_process`` (how many loads the
   process made before this one, any library: 0 is what a pod pays, the
-  headline; later ones are "repeats in a warm process"), ``storage_read_bytes``
+  headline; later ones are "repeats in a warm process"), ``download_s`` (from
+  object storage: the download inside the timed load), ``storage_read_bytes``
   and ``cache_read_bytes`` (from /proc/self/io: bytes the load read from
   storage and from the page cache) and ``device_copy_bytes``. Ranks declare
   every key the producer writes (node, pod, resident_before, barrier_s,
   cache_s, started_at, finished_at and the byte counts). Documents are
   validated against this model when they are written, not only when read.
+  Documents gain ``source`` (uri, cache, endpoint, how credentials were found;
+  never a secret) when MODEL_URI was set.
   Readers of v1/v2 documents take a trial's position in its document as its
   index in the process.
 """
@@ -241,6 +244,7 @@ class Rank(Model):
 class Trial(Model):
     status: Literal["ok", "mismatch", "error"]
     index_in_process: Optional[Count] = None
+    download_s: Optional[Seconds] = None
     storage_read_bytes: Optional[Count] = None
     cache_read_bytes: Optional[Count] = None
     device_copy_bytes: Optional[Count] = None
@@ -384,10 +388,19 @@ class ResultV2(_Result):
     tp_size: Annotated[int, Field(ge=1, le=1 << 20)] = 1
 
 
+class Source(Model):
+    """Where the checkpoint came from (v3): never with credentials."""
+    uri: Optional[str] = None
+    cache: Optional[Literal["none", "node"]] = None
+    endpoint: Optional[str] = None
+    credentials: Optional[str] = None
+
+
 class ResultV3(ResultV2):
     """loadbench.result/3 (written today)."""
     model_config = ConfigDict(title="loadbench.result/3")
     schema_: Literal["loadbench.result/3"] = Field(alias="schema")  # type: ignore[assignment]
+    source: Optional[Source] = None
 
 
 MODELS: dict[str, type[_Result]] = {"loadbench.result/1": ResultV1, "loadbench.result/2": ResultV2,

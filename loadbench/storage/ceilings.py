@@ -67,8 +67,10 @@ def timed_reads(paths: list[str], seconds: float, direct: bool, threads: int = T
     def worker() -> None:
         buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
         fds: dict[str, int] = {}
+        first = True  # every thread reads at least one block, however late it starts
         try:
-            while time.perf_counter() < deadline:
+            while first or time.perf_counter() < deadline:
+                first = False
                 with lock:
                     if not jobs:
                         return
@@ -85,7 +87,8 @@ def timed_reads(paths: list[str], seconds: float, direct: bool, threads: int = T
                 os.close(fd)
             buf.close()
 
-    return total[0], run_workers(worker, threads, errors)
+    elapsed = run_workers(worker, threads, errors)  # before total[0] is read: the workers fill it
+    return total[0], elapsed
 
 
 def run_workers(worker: Callable[[], None], n: int, errors: list[BaseException],
@@ -151,6 +154,9 @@ def storage_read(paths: list[str], seconds: float) -> dict[str, Any]:
     # towards the aggregate.
     single = [t for k, t in tries.items() if t.get("gbps") and not (k.startswith("fio") and
                                                                    "-1j-" not in k)]
+    if not single:
+        return {"gbps": None, "method": "no storage read completed (every try was refused or read "
+                                         "nothing)", "tries": tries}
     best = max(single, key=lambda t: t["gbps"])
     return dict(best, tries=tries, spread={"min_gbps": min(rates), "max_gbps": max(rates),
                                            "tries": len(rates)})
@@ -207,7 +213,7 @@ def storage_aggregate(paths: list[str], seconds: float, single: dict[str, Any]) 
     direct = single.get("method", "").startswith("O_DIRECT")
     shape = next(((t, b) for t, b in SHAPES if f"{t} threads, {b >> 20} MiB" in single.get("method", "")),
                  SHAPES[1])
-    tries: dict[str, Any] = {"readers-1": {k: single[k] for k in ("gbps", "bytes", "seconds", "method")}}
+    tries: dict[str, Any] = {"readers-1": {k: single.get(k) for k in ("gbps", "bytes", "seconds", "method")}}
     for n in READERS:
         try:
             tries[f"readers-{n}"] = concurrent_readers(paths, max(seconds / 2, 0.05), direct, *shape, n)
@@ -215,6 +221,8 @@ def storage_aggregate(paths: list[str], seconds: float, single: dict[str, Any]) 
             tries[f"readers-{n}"] = {"gbps": None, "method": f"{n} readers failed: {e}"}
     cache.evict(paths)
     rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
+    if not rates:
+        return {"gbps": None, "method": "no concurrent read completed", "tries": tries}
     best = max((t for t in tries.values() if t.get("gbps")), key=lambda t: t["gbps"])
     return dict(best, tries=tries, spread={"min_gbps": min(rates), "max_gbps": max(rates),
                                            "tries": len(rates)})
@@ -270,15 +278,19 @@ def measure(paths: list[str], device: torch.device, seconds: float,
         out["storage_read_aggregate"].update({k: best[k] for k in ("gbps", "bytes", "seconds", "method")})
     progress(f"ceilings: page-cache read (<= {seconds:g} s)")
     out["page_cache_read"] = page_cache_read(paths, seconds)
-    if device.type == "cuda":
-        progress("ceilings: pinned and pageable host-to-device copies")
-        out["h2d_pinned"] = host_to_device(device, True, seconds)
-        out["h2d_pageable"] = host_to_device(device, False, seconds)
-    else:
-        reason = {"gbps": None, "method": f"not measured: device is {device.type}"}
-        out["h2d_pinned"] = dict(reason)
-        out["h2d_pageable"] = dict(reason)
+    out.update(device_ceilings(device, seconds, progress))
     return out
+
+
+def device_ceilings(device: torch.device, seconds: float,
+                    progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Pinned and pageable host-to-device copies (CUDA only; elsewhere they say why not)."""
+    if device.type != "cuda":
+        reason = {"gbps": None, "method": f"not measured: device is {device.type}"}
+        return {"h2d_pinned": dict(reason), "h2d_pageable": dict(reason)}
+    progress("ceilings: pinned and pageable host-to-device copies")
+    return {"h2d_pinned": host_to_device(device, True, seconds),
+            "h2d_pageable": host_to_device(device, False, seconds)}
 
 
 def filesystem(paths: list[str]) -> dict[str, Any]:
@@ -350,16 +362,19 @@ def for_node(res_path: str, node: str, paths: list[str], device: torch.device, s
                     lock_wait_s=waited)
 
 
-def limits_for(resident: float) -> tuple[str, str]:
+def limits_for(resident: float, source: str = "local") -> tuple[str, str]:
     """The two ceilings that bound a load starting at this residency: the read
-    (storage when mostly evicted, page cache when mostly resident), then the
-    pinned host-to-device copy."""
+    (GETs from object storage; else storage when mostly evicted, page cache when
+    mostly resident), then the pinned host-to-device copy."""
+    if source == "s3":
+        return "s3_get", "h2d_pinned"
     return ("storage_read" if resident < 0.5 else "page_cache_read"), "h2d_pinned"
 
 
-def bound(ceilings: dict[str, Any] | None, resident: float) -> tuple[str | None, float | None]:
+def bound(ceilings: dict[str, Any] | None, resident: float, source: str = "local"
+          ) -> tuple[str | None, float | None]:
     """(name, GB/s) of the lower of the two limits_for(resident) that were measured."""
-    found = [(n, ((ceilings or {}).get(n) or {}).get("gbps")) for n in limits_for(resident)]
+    found = [(n, ((ceilings or {}).get(n) or {}).get("gbps")) for n in limits_for(resident, source)]
     candidates: list[tuple[str, float]] = [(n, float(g)) for n, g in found if g]
     if not candidates:
         return None, None

@@ -139,8 +139,9 @@ def read_manifest(root: str) -> dict[str, Any]:
 
 
 def open_checkpoint(root: str, fmt: str, model_id: str | None = None,
-                    dtype: str | None = None) -> Checkpoint:
-    """Check that `fmt` is fully present and is the model asked for."""
+                    dtype: str | None = None, files: bool = True) -> Checkpoint:
+    """Check that `fmt` is fully present and is the model asked for. With files=False only
+    the manifest is checked: a checkpoint whose weights are still in object storage."""
     manifest = read_manifest(root)
     model = manifest["model"]
     if model_id and model.get("id") != model_id:
@@ -154,7 +155,7 @@ def open_checkpoint(root: str, fmt: str, model_id: str | None = None,
                               f"{', '.join(manifest['formats']) or 'none'}); run save_models.py "
                               f"with that library in LIBRARIES")
     ckpt = Checkpoint(root, fmt, manifest)
-    for entry, path in zip(manifest["formats"][fmt]["files"], ckpt.files):
+    for entry, path in [] if not files else zip(manifest["formats"][fmt]["files"], ckpt.files):
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} is missing from the {fmt} checkpoint; run save_models.py again")
         size = os.path.getsize(path)

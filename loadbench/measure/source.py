@@ -1,0 +1,100 @@
+"""Where a pod's checkpoint comes from: its local volume, or object storage.
+
+The rest of the load path does not know the difference. A `LocalSource` is
+MODEL_PATH as saved. An `S3Source` (MODEL_URI) reads only the manifest and
+config before the trials (untimed: what a pod needs to know what it loads),
+then for every trial brings the weights local inside the clock, with the
+download recorded as its own phase, "download then load" as users do today:
+S3_CACHE=none downloads into MODEL_PATH each time (removed before the next
+trial, so every trial downloads); S3_CACHE=node goes through the node cache
+(storage/nodecache.py): the first pod on a node fills it, later pods read it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Protocol
+
+from loadbench import config
+from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
+
+
+class Source(Protocol):
+    def open(self, fmt: str) -> Checkpoint:
+        """The checkpoint to describe and prepare for (untimed)."""
+
+    def local_files(self, ckpt: Checkpoint) -> list[str]:
+        """The weight files on local storage before a trial (what cache modes act on)."""
+
+    def fetch(self, ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, Any]] | None:
+        """Inside the clock: bring the weights local; None when they already are."""
+
+    def record(self) -> dict[str, Any] | None:
+        """What the document says of the source (never credentials)."""
+
+
+class LocalSource:
+    def __init__(self, cfg: config.Settings) -> None:
+        self.cfg = cfg
+
+    def open(self, fmt: str) -> Checkpoint:
+        return open_checkpoint(self.cfg.model_path, fmt, self.cfg.model_id, self.cfg.dtype)
+
+    def local_files(self, ckpt: Checkpoint) -> list[str]:
+        return ckpt.weight_files
+
+    def fetch(self, ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, Any]] | None:
+        return None
+
+    def record(self) -> dict[str, Any] | None:
+        return None
+
+
+class S3Source:
+    def __init__(self, cfg: config.Settings) -> None:
+        from loadbench.storage import objectstore
+        self.cfg, self.uri = cfg, cfg.model_uri
+        self.s3 = objectstore.client(concurrency=cfg.s3_concurrency)
+        self.meta = os.path.join(cfg.model_path, ".loadbench-source")  # manifest and config only
+
+    def open(self, fmt: str) -> Checkpoint:
+        from loadbench.storage import objectstore
+        objectstore.download_folder(self.uri, self.meta, formats=[], concurrency=self.cfg.s3_concurrency,
+                                    part_bytes=self.cfg.s3_part_bytes, s3=self.s3)
+        self.fmt = fmt
+        return open_checkpoint(self.meta, fmt, self.cfg.model_id, self.cfg.dtype, files=False)
+
+    def _local(self, ckpt: Checkpoint) -> Checkpoint | None:
+        from loadbench.storage import nodecache
+        root = (nodecache.entry_path(self.cfg.model_path, self.uri) if self.cfg.s3_cache == "node"
+                else self.cfg.model_path)
+        try:
+            return open_checkpoint(root, ckpt.format, self.cfg.model_id, self.cfg.dtype)
+        except Exception:
+            return None
+
+    def local_files(self, ckpt: Checkpoint) -> list[str]:
+        if self.cfg.s3_cache == "none":  # every trial downloads: nothing of the last one is kept
+            shutil.rmtree(os.path.join(self.cfg.model_path, ckpt.format), ignore_errors=True)
+            return []
+        local = self._local(ckpt)
+        return local.weight_files if local else []
+
+    def fetch(self, ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, Any]] | None:
+        from loadbench.storage import nodecache
+        root, got = nodecache.fetch(self.uri, self.cfg.model_path, self.cfg.s3_cache, formats=[ckpt.format],
+                                    concurrency=self.cfg.s3_concurrency, part_bytes=self.cfg.s3_part_bytes,
+                                    s3=self.s3)
+        plain = {k: v for k, v in got.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        return open_checkpoint(root, ckpt.format, self.cfg.model_id, self.cfg.dtype), plain
+
+    def record(self) -> dict[str, Any] | None:
+        from loadbench.storage import objectstore
+        about = objectstore.describe(self.s3)
+        return {"uri": objectstore.redact(self.uri), "cache": self.cfg.s3_cache,
+                "endpoint": about.get("endpoint"), "credentials": about.get("credentials")}
+
+
+def for_settings(cfg: config.Settings) -> Source:
+    return S3Source(cfg) if cfg.model_uri else LocalSource(cfg)

@@ -1,0 +1,96 @@
+"""Pods reading their checkpoint from object storage, end to end, against a real S3 server
+(moto's, on loopback): save_models.py uploads, deserialize_benchmark.py downloads and loads
+inside the clock, every tensor verified; a node cache filled once and read after; bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadbench import schema
+from tests.conftest import result_lines, run_script
+
+pytest.register_assert_rewrite("tests.s3server")
+from tests.s3server import S3Server  # noqa: E402
+
+pytest_plugins = ("tests.s3server",)
+
+LIBS = "safetensors,tensorizer,reference"
+
+
+@pytest.fixture(scope="module")
+def uploaded(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, S3Server]:
+    """opt-tiny saved by the real script with MODEL_URI set: saved locally, then uploaded."""
+    bucket = s3_server.create_bucket("ckpt")
+    uri = f"s3://{bucket}/models/opt-tiny"
+    local = tmp_path_factory.mktemp("save") / "opt-tiny"
+    proc = run_script("save_models.py", {**s3_server.env(), "MODEL_ID": "random/opt-tiny",
+                                         "MODEL_PATH": str(local), "MODEL_URI": uri,
+                                         "LIBRARIES": "safetensors,tensorizer", "S3_CONCURRENCY": "4"})
+    assert proc.returncode == 0, proc.stderr
+    assert "uploaded" in proc.stderr and uri in proc.stderr
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "models/opt-tiny/manifest.json" in keys and any(k.endswith(".tensors") for k in keys)
+    return uri, s3_server
+
+
+def bench(uri: str, server: S3Server, model_path: Path, res: Path, **extra: str):
+    env = {**server.env(), "MODEL_ID": "random/opt-tiny", "MODEL_PATH": str(model_path),
+           "MODEL_URI": uri, "RES_PATH": str(res), "LIBRARIES": LIBS, "SKIP_INFERENCE": "1",
+           "CEILINGS": "0", **extra}
+    return run_script("deserialize_benchmark.py", env)
+
+
+def test_every_library_loads_from_s3_verified_with_the_download_inside_the_clock(uploaded, tmp_path):
+    uri, server = uploaded
+    proc = bench(uri, server, tmp_path / "pod", tmp_path / "res", NUM_TRIALS="2")
+    assert proc.returncode == 0, proc.stderr
+    docs = result_lines(proc.stdout)
+    assert sorted(d["library"] for d in docs) == sorted(LIBS.split(","))
+    for doc in docs:
+        assert not schema.problems(doc), schema.problems(doc)
+        assert doc["source"]["uri"] == uri and doc["source"]["cache"] == "none"
+        assert server.secret_key not in str(doc) and server.access_key not in str(doc)
+        for t in doc["trials"]:
+            assert t["status"] == "ok" and t["tensors_verified"] > 0 and not t["mismatches"]
+            assert 0 < t["download_s"] < t["total_s"]  # a phase of the timed load
+            assert t["resident_before"] == 0.0  # every trial downloads afresh (S3_CACHE=none)
+            assert t["library_info"]["fetch"]["role"] == "download"
+
+
+def test_a_node_cache_is_filled_by_the_first_pod_and_read_by_the_next(uploaded, tmp_path):
+    uri, server = uploaded
+    node = tmp_path / "node-cache"
+    roles = []
+    for _pod in ("first", "second"):
+        proc = bench(uri, server, node, tmp_path / "res", LIBRARIES="safetensors", S3_CACHE="node",
+                     CACHE_MODE="asis")
+        assert proc.returncode == 0, proc.stderr
+        (doc,) = result_lines(proc.stdout)
+        assert doc["source"]["cache"] == "node"
+        (trial,) = doc["trials"]
+        roles.append(trial["library_info"]["fetch"]["role"])
+        assert trial["tensors_verified"] > 0
+    assert roles == ["filled", "hit"], roles
+
+
+@pytest.mark.parametrize("uri, code, words", [
+    ("s3://no-such-bucket-lb/m", 2, ["no-such-bucket-lb"]),
+    ("s3://x/m", 2, ["MODEL_URI"]),  # a bucket name needs 3 characters: a configuration error
+])
+def test_bad_object_storage_input_exits_2_in_one_line(uploaded, tmp_path, uri, code, words):
+    _, server = uploaded
+    proc = bench(uri, server, tmp_path / "pod", tmp_path / "res")
+    assert proc.returncode == code, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert all(w in last for w in words), last
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unreachable_endpoint_is_transient(uploaded, tmp_path):
+    from tests.s3server import free_port
+    uri, server = uploaded
+    gone = S3Server(f"http://127.0.0.1:{free_port()}")
+    proc = bench(uri, gone, tmp_path / "pod", tmp_path / "res", LIBRARIES="safetensors")
+    assert proc.returncode == 3, proc.stderr
