@@ -16,11 +16,13 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# fio: storage ceilings are measured the way storage engineers do, with fio where present. Not
-# pinned: the version is the base distribution's (Ubuntu in the default base, Debian in tests/image).
+# fio: storage ceilings are measured the way storage engineers do, with fio where present.
+# curl (with ca-certificates): tensorizer streams from object storage through the curl binary.
+# Not pinned: the versions are the base distribution's (Ubuntu in the default base, Debian in
+# tests/image).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fio \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fio curl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # torch comes with the base image; every range in requirements.txt accepts it (instanttensor

@@ -27,6 +27,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from loadbench import loaders  # noqa: E402
+from loadbench.schema.result import LOG_PREFIX  # noqa: E402
 
 # Every library a user picks (the instrument is loadbench's own, with nothing bare to compare).
 LIBS = tuple(lib.name for lib in loaders.LIBRARIES if lib.role != "instrument")
@@ -160,8 +161,8 @@ def loadbench_side(root: str, library: str, mode: str) -> dict[str, float]:
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "deserialize_benchmark.py")], env=env,
                           capture_output=True, text=True)
     for line in proc.stdout.splitlines():
-        if line.startswith("LOADBENCH_RESULT "):
-            doc = json.loads(line[len("LOADBENCH_RESULT "):])
+        if line.startswith(LOG_PREFIX):
+            doc = json.loads(line[len(LOG_PREFIX):])
             if doc["trials"] and doc["trials"][0]["status"] == "ok":
                 t = doc["trials"][0]
                 return {k: t[k] or 0.0 for k in PHASES}

@@ -93,6 +93,8 @@ def _from_hub(model_id: str, fetch: Callable[..., Any], **kwargs: Any) -> Any:
     if not local and (model_id.startswith((".", "/", "~")) or not HUB_ID.fullmatch(model_id)):
         raise ModelError(f"MODEL_ID={model_id!r} is none of: a hub id (org/name), a local folder, "
                          f"or random/<name> (known: {', '.join(RANDOM_MODELS)})")
+    if not local:
+        _hub_reachable(model_id)
     try:
         return fetch(os.path.expanduser(model_id) if local else model_id, **kwargs)
     except Exception as e:
@@ -100,13 +102,37 @@ def _from_hub(model_id: str, fetch: Callable[..., Any], **kwargs: Any) -> Any:
         text = " ".join(str(e).split())
         if name in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError") \
                 or "is not a valid model identifier" in text or "does not appear to have" in text:
-            raise ModelError(f"MODEL_ID={model_id!r}: {text[:300]}") from e
+            raise ModelError(f"MODEL_ID={model_id!r}: {_first_sentence(text)}") from e
         if name in ("LocalEntryNotFoundError", "ConnectionError", "Timeout", "ConnectTimeout",
                     "ReadTimeout", "OfflineModeIsEnabled") or "connect" in text.lower() \
                 or "offline" in text.lower() or "timed out" in text.lower():
-            raise Transient(f"MODEL_ID={model_id!r}: the hub could not be reached ({text[:200]}); "
+            raise Transient(f"MODEL_ID={model_id!r}: the hub could not be reached ({_first_sentence(text)}); "
                             f"a retry may succeed, or use a local folder or random/<name>") from e
         raise
+
+
+def _first_sentence(text: str, limit: int = 300) -> str:
+    """A library's message cut where a sentence or word ends, never inside a URL."""
+    end = text.find(". ")
+    text = text[:end + 1] if 0 < end < limit else text
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
+def _hub_reachable(model_id: str) -> None:
+    """Ask DNS once before the hub client does: offline, it retries for ~27 s before failing,
+    where a pod's own retry (exit 3) is the retry that should happen."""
+    import socket
+    from urllib.parse import urlsplit
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return  # the cache answers, or the client says it cannot
+    host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        raise Transient(f"MODEL_ID={model_id!r}: the hub ({host}) could not be reached: {e.strerror or e}; "
+                        f"a retry may succeed, or use a local folder or random/<name>") from e
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ def run_script(script: str, env: dict[str, str], timeout: float = 240, args: lis
 
 
 def result_lines(stdout: str) -> list[dict]:
-    prefix = "LOADBENCH_RESULT "
+    from loadbench.schema.result import LOG_PREFIX as prefix
     return [json.loads(line[len(prefix):]) for line in stdout.splitlines() if line.startswith(prefix)]
 
 

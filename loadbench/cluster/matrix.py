@@ -15,10 +15,14 @@ optionally its options for that entry:
     MATRIX="instanttensor:IT_BACKEND=URING_BUFFERED,IT_CONCURRENCY=8;reference"
 
 An entry's options replace the experiment's value of those variables; others
-are inherited. With MATRIX empty, the variants are LIBRARIES (default: the
-default libraries) times every value of each swept option (a comma list such
-as TZR_NUM_READERS=4,16), one pod per value. MATRIX_SEED (default 0) fixes
-the order.
+are inherited. An entry may also set TP_SIZE (`tensorizer:TP_SIZE=2`) for a
+library with a tensor-parallel path, so one Job interleaves TP 1 and 2 runs.
+With MATRIX empty, the variants are LIBRARIES (default: the default
+libraries) times every value of each swept option (a comma list such as
+TZR_NUM_READERS=4,16), one pod per value, times MATRIX_TP (a comma list of
+TP sizes, e.g. 1,2; libraries without a TP path get TP_SIZE=1 only).
+MATRIX_SEED (default 0) fixes the order. Every pod of a Job asks for the same
+GPUs: with TP sizes up to N, request N per pod; a TP_SIZE=1 pod uses one.
 
     python -m loadbench.cluster.matrix --env-file experiment.env --completions 100
     python -m loadbench.cluster.matrix --exec /app/deserialize_benchmark.py   # in the pod
@@ -45,7 +49,8 @@ from loadbench.cluster.manifests import read_env_file
 from loadbench.config import settings as config
 from loadbench.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, exit_code
 
-MATRIX, MATRIX_SEED = "MATRIX", "MATRIX_SEED"
+MATRIX, MATRIX_SEED, MATRIX_TP = "MATRIX", "MATRIX_SEED", "MATRIX_TP"
+RUN_VARS = ("TP_SIZE",)  # run-level variables an entry may set beside its library's options
 APP_DIR = Path(__file__).resolve().parents[2]  # the image's /app
 DEFAULT_SCRIPT = APP_DIR / "deserialize_benchmark.py"
 
@@ -84,10 +89,13 @@ def parse(text: str) -> list[Variant]:
         pairs: list[tuple[str, str]] = []
         for item in filter(None, (p.strip() for p in opts.split(","))):
             name, eq, value = (p.strip() for p in item.partition("="))
-            if not eq or name not in own:
+            if not eq or name not in own | set(RUN_VARS):
                 raise ConfigError(f"MATRIX entry {entry!r}: {item!r} is not NAME=VALUE with an option "
-                                  f"of {lib} ({', '.join(sorted(own)) or 'it has none'})")
-            config.BY_NAME[name].parse(name, value)  # one value, checked as the benchmark will
+                                  f"of {lib} ({', '.join(sorted(own)) or 'it has none'}) or "
+                                  f"{', '.join(RUN_VARS)}")
+            parsed = config.BY_NAME[name].parse(name, value)  # one value, checked as the benchmark will
+            if name == "TP_SIZE":
+                _check_tp(lib, parsed, f"MATRIX entry {entry!r}")
             pairs.append((name, value))
         if len({n for n, _ in pairs}) != len(pairs):
             raise ConfigError(f"MATRIX entry {entry!r} sets an option twice")
@@ -97,15 +105,42 @@ def parse(text: str) -> list[Variant]:
     return out
 
 
+def _check_tp(lib: str, size: int, where: str) -> None:
+    if size > 1 and not loaders.get(lib).supports_tp:
+        with_tp = ", ".join(n for n in loaders.NAMES if loaders.get(n).supports_tp)
+        raise ConfigError(f"{where}: {lib} has no tensor-parallel path, so TP_SIZE={size} cannot run; "
+                          f"libraries with one: {with_tp}")
+
+
+def tp_sizes(environ: Mapping[str, str]) -> tuple[int, ...]:
+    """MATRIX_TP's sizes (a comma list of integers >= 1); () when unset."""
+    raw = (environ.get(MATRIX_TP) or "").strip()
+    sizes = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(f"{MATRIX_TP}={raw!r}: {part!r} is not a TP size (an integer >= 1)")
+        sizes.append(int(part))
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"{MATRIX_TP}={raw!r} lists a size twice")
+    return tuple(sizes)
+
+
 def derived(environ: Mapping[str, str]) -> list[Variant]:
-    """MATRIX unset: LIBRARIES times every value of each swept (comma-list) option."""
+    """MATRIX unset: LIBRARIES times every value of each swept (comma-list) option, times
+    MATRIX_TP's sizes where the library has a TP path."""
     cfg = config.load(environ)
+    sizes = tp_sizes(environ)
     out = []
     for lib in cfg.libraries:
         opts = {o.env: cfg.options.get(lib, {}).get(o.field, (None,)) for o in loaders.get(lib).options}
         swept = {name: values for name, values in opts.items() if len(values) > 1}
         for combo in itertools.product(*swept.values()):
-            out.append(Variant(lib, tuple((n, _env_value(v)) for n, v in zip(swept, combo))))
+            env = tuple((n, _env_value(v)) for n, v in zip(swept, combo))
+            for size in sizes or (None,):
+                if size is None:
+                    out.append(Variant(lib, env))
+                elif size == 1 or loaders.get(lib).supports_tp:
+                    out.append(Variant(lib, env + (("TP_SIZE", str(size)),)))
     return out
 
 

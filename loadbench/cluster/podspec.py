@@ -30,7 +30,8 @@ APP_DIR = Path(__file__).resolve().parents[2]  # the image's /app
 IMAGE_APP = "/app"
 # What a pod inherits from this machine: the image's environment, not your shell's settings.
 PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
-                "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION")
 REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 LABEL_FIELD = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 
@@ -197,8 +198,15 @@ def _environment(job: dict[str, Any], index: int, pod: PodMeta, container: dict[
     env.update({"PYTHONPATH": str(APP_DIR), "PYTHONUNBUFFERED": "1", "HOSTNAME": hostname})
     sources = []
     for ref in container.get("envFrom", []):
+        if "secretRef" in ref:  # credentials (s3-credentials-secret.yaml): never read from a manifest
+            if ref["secretRef"].get("optional"):
+                sources.append(f"Secret {ref['secretRef'].get('name')} skipped (optional; a local run "
+                               f"takes AWS_* from its own environment)")
+                continue
+            raise ManifestError(f"envFrom {ref}: a required Secret cannot be served locally; mark it "
+                                f"optional: true and export its variables (AWS_*) instead")
         if "configMapRef" not in ref:
-            raise ManifestError(f"envFrom {ref}: only configMapRef is supported")
+            raise ManifestError(f"envFrom {ref}: only configMapRef and optional secretRef are supported")
         cm_name = ref["configMapRef"]["name"]
         cm, anyone = configmaps.get(cm_name), configmaps.get("*")
         if anyone and (cm is None or "--env-file" not in cm.source):

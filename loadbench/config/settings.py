@@ -175,8 +175,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MODEL_URI", _str, "",
             "Object storage the checkpoint is read from (s3://bucket/prefix; endpoint and credentials "
             "the AWS way: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the pod's "
-            "role). save_models.py uploads there; each trial downloads into MODEL_PATH (or the node "
-            "cache) and loads, timed as one. Empty: MODEL_PATH is the source.", "s3://bucket/prefix"),
+            "role). save_models.py uploads there; a library that reads object storage itself does so "
+            "(S3_READ), the others download into MODEL_PATH (or the node cache) and load, timed as "
+            "one. Empty: MODEL_PATH is the source.", "s3://bucket/prefix"),
+    Setting("S3_READ", _choice(("native", "download")), "native",
+            "With MODEL_URI and S3_CACHE=none: native lets the libraries that read object storage "
+            "themselves (tensorizer, runai-streamer, reference) do so; download makes every library "
+            "download then load, as users do today.", "native, download"),
     Setting("S3_CACHE", _choice(("none", "node")), "none",
             "With MODEL_URI: none downloads for every load; node shares one verified copy per node "
             "under MODEL_PATH (a hostPath): the first pod fills it under a lock, later pods read it.",
@@ -249,8 +254,12 @@ SETTINGS: tuple[Setting, ...] = (
             "and functions disagree, is a configuration error.", "module names (a.b,c)"),
     Setting("MATRIX", _str, "",
             "benchmark-matrix-job.yaml: its variants, ';'-separated (tensorizer;tensorizer:"
-            "TZR_NUM_READERS=16;safetensors). Empty: LIBRARIES times their swept option values.",
-            "variants separated by ;"),
+            "TZR_NUM_READERS=16;safetensors;reference:TP_SIZE=2). Empty: LIBRARIES times their "
+            "swept option values (times MATRIX_TP).", "variants separated by ;"),
+    Setting("MATRIX_TP", _str, "",
+            "benchmark-matrix-job.yaml with MATRIX empty: TP sizes every library with a "
+            "tensor-parallel path runs at (1,2), interleaved in one Job; the others run TP_SIZE=1. "
+            "Request the largest size's GPUs per pod.", "comma list of integers >= 1"),
     Setting("MATRIX_SEED", _int(0), "0",
             "benchmark-matrix-job.yaml: seed of the shuffled order in which completion indexes "
             "pick variants, so every library meets the same drift.", "integer >= 0"),
@@ -300,6 +309,7 @@ class Settings:
     result_lines: str
     model_uri: str = ""
     s3_cache: str = "none"
+    s3_read: str = "native"
     s3_concurrency: int = 16
     s3_part_bytes: int = 64 << 20
     options: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
@@ -371,6 +381,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         skip_inference=v["SKIP_INFERENCE"], max_new_tokens=v["MAX_NEW_TOKENS"],
         inference_runs=v["INFERENCE_RUNS"], ceilings=ceilings, ceiling_seconds=v["CEILING_SECONDS"],
         ceilings_ttl_s=v["CEILINGS_TTL"], model_uri=model_uri, s3_cache=v["S3_CACHE"],
+        s3_read=v["S3_READ"],
         s3_concurrency=v["S3_CONCURRENCY"], s3_part_bytes=v["S3_PART_BYTES"],
         result_lines=v["RESULT_LINES"], options=options, identity=identity,
         raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id, CEILINGS=ceilings,

@@ -36,8 +36,9 @@ class Loader(Protocol):
     """What every loader module provides. A module whose registry entry says `owns_format`
     also has `save(model, tokenizer, folder, shard_bytes)`; one that says `supports_tp` has
     `load_tp(ctx, rank, world, plan)`; one that says `tp_files` has `tp_file(rank, world)`
-    and `save_tp(state, folder, rank, world)`. `contract_problems(lib)` checks all of it, both
-    ways (a function without its flag is drift too)."""
+    and `save_tp(state, folder, rank, world)`; one that says `reads_s3` has `load_s3(ctx)`.
+    `contract_problems(lib)` checks all of it, both ways (a function without its flag is
+    drift too)."""
 
     def import_package(self) -> None: ...
 
@@ -79,6 +80,7 @@ class Library:
     role: Role = "product"
     supports_tp: bool = False  # its module has load_tp(ctx, rank, world, plan)
     tp_files: bool = False     # with TP it reads per-rank files its save_tp() wrote
+    reads_s3: bool = False     # its module has load_s3(ctx): reads MODEL_URI itself (ctx.remote)
 
 
 INSTANT_BACKENDS = ("URING", "URING_BUFFERED", "AIO", "AIO_BUFFERED", "MMAP", "CUFILE")
@@ -91,7 +93,7 @@ LIBRARIES: tuple[Library, ...] = (
              Option("verify_hash", "TZR_VERIFY_HASH", "bool",
                     "tensorizer: verify its own per-tensor hashes while loading (timed).", "0")),
             owns_format=True, weight_suffixes=(".tensors",), skip="SKIP_TZR", supports_tp=True,
-            tp_files=True),
+            tp_files=True, reads_s3=True),
     Library("safetensors", "loadbench.loaders.safetensors_lib", "safetensors", "safetensors", True,
             "safetensors.torch.load_file straight onto the device, assigned into a meta skeleton",
             owns_format=True, weight_suffixes=(".safetensors",), skip="SKIP_ST", shards=True,
@@ -112,14 +114,16 @@ LIBRARIES: tuple[Library, ...] = (
                     "through it (its FASTSAFETENSORS_ODIRECT); default: its own policy, O_DIRECT on "
                     "local and unknown filesystems, buffered on network ones."),
              Option("max_threads", "FST_MAX_THREADS", "int",
-                    "fastsafetensors: copy threads."))),
+                    "fastsafetensors: copy threads.")),
+            supports_tp=True),
     Library("runai-streamer", "loadbench.loaders.runai_lib", "safetensors",
             "runai-model-streamer", False,
             "Run:ai Model Streamer: many reader threads, tensors copied as they stream",
             (Option("concurrency", "RUNAI_CONCURRENCY", "int",
                     "runai-streamer: reader threads (its RUNAI_STREAMER_CONCURRENCY)."),
              Option("chunk_bytes", "RUNAI_CHUNK_BYTES", "size",
-                    "runai-streamer: bytes per read request (its RUNAI_STREAMER_CHUNK_BYTESIZE)."))),
+                    "runai-streamer: bytes per read request (its RUNAI_STREAMER_CHUNK_BYTESIZE).")),
+            supports_tp=True, reads_s3=True),
     Library("instanttensor", "loadbench.loaders.instanttensor_lib", "safetensors", "instanttensor",
             False, "InstantTensor: one safe_open over all shards, pipelined I/O into the device",
             (Option("backend", "IT_BACKEND", "choice",
@@ -147,7 +151,7 @@ LIBRARIES: tuple[Library, ...] = (
              Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read.", "32M"),
              Option("buffers", "REF_BUFFERS", "int",
                     "reference: pinned buffers in the ring (each chunk_bytes).", "16")),
-            role="instrument", supports_tp=True),
+            role="instrument", supports_tp=True, reads_s3=True),
 )
 
 BY_NAME = {lib.name: lib for lib in LIBRARIES}
@@ -246,7 +250,8 @@ def package_names() -> list[str]:
 REQUIRED = (("import_package", 0), ("load", 1))
 BY_FLAG = {"owns_format": (("save", 4),),
            "supports_tp": (("load_tp", 4),),
-           "tp_files": (("tp_file", 2), ("save_tp", 4))}
+           "tp_files": (("tp_file", 2), ("save_tp", 4)),
+           "reads_s3": (("load_s3", 1),)}
 
 
 def _takes(fn: Any, n: int) -> bool:

@@ -13,6 +13,34 @@ import torch
 from loadbench.storage.checkpoint import Checkpoint
 
 
+@dataclass(frozen=True)
+class Remote:
+    """A checkpoint's format folder in object storage, for a library that reads it itself
+    (its registry entry says reads_s3): where it is, the client to reach it, and the files."""
+    uri: str                                 # s3://bucket/prefix/<format>
+    client: Any                              # a boto3 S3 client (thread-safe)
+    endpoint_url: str | None                 # None: AWS itself
+    concurrency: int                         # S3_CONCURRENCY: requests in flight
+    part_bytes: int                          # S3_PART_BYTES: bytes per ranged request
+    objects: tuple[tuple[str, int], ...]     # (file name, bytes) of the weight files, from the manifest
+
+    def object(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    def describe(self) -> str:
+        from loadbench.storage.objectstore import redact
+        return redact(self.endpoint_url) if self.endpoint_url else "AWS S3"
+
+    def credentials(self) -> tuple[str | None, str | None, str | None]:
+        """(access key, secret, session token) the client signs with, for a library that makes
+        its own requests; never written anywhere."""
+        creds = getattr(getattr(self.client, "_request_signer", None), "_credentials", None)
+        if creds is None:
+            return None, None, None
+        frozen = creds.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+
+
 @dataclass
 class LoadContext:
     checkpoint: Checkpoint
@@ -22,6 +50,7 @@ class LoadContext:
     marks: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # what the library chose, recorded
     io_mode: str | None = None  # how the library reads: recorded and shown in reports
+    remote: Remote | None = None  # set when the library reads object storage itself (load_s3)
     _config: Any = None
 
     def mark(self, name: str) -> None:

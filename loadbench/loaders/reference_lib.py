@@ -1,12 +1,18 @@
 """reference: loadbench's own instrument for what this machine achieves end to end.
 
 Not a product, and not tuned for any one machine: a plain pipeline anyone can
-read in a minute. Reader threads `preadv` the safetensors data sections in
-fixed chunks into a ring of pinned host buffers; each chunk is copied on the
-thread's own CUDA stream into one device allocation; every tensor is a view
-of that allocation, placed by the safetensors header. Pinning the ring is
-inside the timed region (it costs ~0.5 s per GiB), so the ring stays small.
-On a CPU device the chunks are read straight into the destination.
+read in a minute. Reader threads fill a ring of pinned host buffers with the
+safetensors data sections, in fixed chunks (`preadv` from local files, ranged
+GETs from object storage); each chunk is copied on the thread's own CUDA
+stream into one device allocation; every tensor is a view of that allocation,
+placed by the safetensors header. Pinning the ring is inside the timed region
+(it costs ~0.5 s per GiB), so the ring stays small. On a CPU device the chunks
+are read straight into the destination.
+
+With tensor parallelism a rank reads only its own bytes: a slice on the first
+dim is one range of the file, any other split is read as one span per row
+(`rows` spans of `slice bytes`, a row's stride apart), gathered into the ring
+buffer so each chunk is still one host-to-device copy.
 
 The gap between this loader and the component ceilings is what no loader
 can be blamed for; the gap between a library and this loader is what that
@@ -16,12 +22,13 @@ library leaves on the table.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,6 +40,13 @@ DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
           "U8": torch.uint8, "BOOL": torch.bool}
 DEFAULT_THREADS, DEFAULT_CHUNK, DEFAULT_BUFFERS = 8, 32 << 20, 16
+ALIGN = 256
+
+Section = tuple[str, int, int, int]  # (source, file offset, allocation offset, bytes)
+# One unit of work: (source, spans [(file offset, bytes), ...] that land back to back, allocation
+# offset, bytes). A source is a local path or an object's name; a reader fills a buffer from it.
+Item = tuple[str, tuple[tuple[int, int], ...], int, int]
+Reader = Callable[[str, tuple[tuple[int, int], ...], memoryview], None]
 
 
 def import_package() -> None:
@@ -48,32 +62,53 @@ class Entry:
     nbytes: int
 
 
-def layout(paths: list[str]) -> tuple[list[Entry], list[tuple[str, int, int, int]], int]:
-    """(tensors, file sections as (path, file offset, allocation offset, bytes), total bytes)."""
+def _local_header(path: str) -> tuple[dict[str, Any], int, int]:
+    """(header, data start, data bytes) of a local safetensors file."""
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(hlen))
+    return header, 8 + hlen, os.path.getsize(path) - 8 - hlen
+
+
+def layout(paths: list[str], header: Callable[[str], tuple[dict[str, Any], int, int]] = _local_header
+           ) -> tuple[list[Entry], list[Section], int]:
+    """(tensors, file sections, total bytes) of the files, every file's data aligned."""
     entries: list[Entry] = []
-    sections: list[tuple[str, int, int, int]] = []
+    sections: list[Section] = []
     base = 0
     for path in paths:
-        with open(path, "rb") as f:
-            (hlen,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(hlen))
-        header.pop("__metadata__", None)
-        data_start = 8 + hlen
-        size = os.path.getsize(path) - data_start
+        head, data_start, size = header(path)
+        head.pop("__metadata__", None)
         sections.append((path, data_start, base, size))
-        for name, meta in header.items():
+        for name, meta in head.items():
             begin, end = meta["data_offsets"]
             entries.append(Entry(name, DTYPES[meta["dtype"]], tuple(meta["shape"]), base + begin,
                                  end - begin))
-        base += size + (-size) % 256  # keep every file's data aligned in the allocation
+        base += size + (-size) % ALIGN
     return entries, sections, base
 
 
-def _chunks(sections: list[tuple[str, int, int, int]], chunk: int) -> list[tuple[str, int, int, int]]:
-    out = []
-    for path, foff, doff, size in sections:
-        for o in range(0, size, chunk):
-            out.append((path, foff + o, doff + o, min(chunk, size - o)))
+def _chunks(sections: list[Section], chunk: int) -> list[Item]:
+    return [(path, ((foff + o, min(chunk, size - o)),), doff + o, min(chunk, size - o))
+            for path, foff, doff, size in sections for o in range(0, size, chunk)]
+
+
+def _row_chunks(path: str, start: int, doff: int, seg: int, rows: int, stride: int, chunk: int
+                ) -> list[Item]:
+    """`rows` spans of `seg` bytes, `stride` apart from file offset `start`, landing back to back
+    at `doff`: as few items as fit a chunk each (a row longer than a chunk is split)."""
+    out: list[Item] = []
+    if seg > chunk:
+        for r in range(rows):
+            for o in range(0, seg, chunk):
+                n = min(chunk, seg - o)
+                out.append((path, ((start + r * stride + o, n),), doff + r * seg + o, n))
+        return out
+    per = max(1, chunk // seg)
+    for r0 in range(0, rows, per):
+        k = min(per, rows - r0)
+        spans = tuple((start + (r0 + r) * stride, seg) for r in range(k))
+        out.append((path, spans, doff + r0 * seg, k * seg))
     return out
 
 
@@ -92,13 +127,16 @@ def _host_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(array)
 
 
-def read_into(dest: torch.Tensor, sections: list[tuple[str, int, int, int]], threads: int, chunk: int,
-              buffers: int) -> None:
-    """Fill `dest` (uint8, on any device) with the sections' bytes."""
+def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, buffers: int) -> None:
+    """Fill `dest` (uint8, on any device) with the items' bytes: `threads` readers, each with its
+    own share of a pinned ring and its own CUDA stream."""
+    items = [item for item in items if item[3]]
+    if not items:
+        return
     work: queue.SimpleQueue = queue.SimpleQueue()
-    for item in _chunks(sections, chunk):
+    for item in items:
         work.put(item)
-    fds = {path: os.open(path, os.O_RDONLY) for path, *_ in sections}
+    size = max(item[3] for item in items)
     errors: list[BaseException] = []
     cuda = dest.device.type == "cuda"
     per_thread = max(1, buffers // threads)
@@ -107,23 +145,23 @@ def read_into(dest: torch.Tensor, sections: list[tuple[str, int, int, int]], thr
         try:
             if cuda:
                 stream = torch.cuda.Stream(device=dest.device)
-                ring = [torch.empty(chunk, dtype=torch.uint8, pin_memory=True) for _ in range(per_thread)]
+                ring = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(per_thread)]
                 events: list[torch.cuda.Event | None] = [None] * per_thread
                 i = 0
             while not errors:
                 try:
-                    path, foff, doff, n = work.get_nowait()
+                    src, spans, doff, n = work.get_nowait()
                 except queue.Empty:
                     break
                 if not cuda:
-                    _read_all(fds[path], _host_bytes(dest[doff:doff + n]), foff)
+                    read(src, spans, _host_bytes(dest[doff:doff + n]))
                     continue
                 slot = i % per_thread
                 previous = events[slot]
                 if previous is not None:
                     previous.synchronize()  # the copy out of this buffer is done
                 buf = ring[slot][:n]
-                _read_all(fds[path], _host_bytes(buf), foff)
+                read(src, spans, _host_bytes(buf))
                 with torch.cuda.stream(stream):
                     dest[doff:doff + n].copy_(buf, non_blocking=True)
                     ev = torch.cuda.Event()
@@ -135,17 +173,41 @@ def read_into(dest: torch.Tensor, sections: list[tuple[str, int, int, int]], thr
         except BaseException as e:  # reported to the caller
             errors.append(e)
 
-    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
-    try:
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(min(threads, len(items)))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
     if errors:
         raise errors[0]
+
+
+class LocalFiles:
+    """Spans read with preadv from local files, one descriptor per file, closed on exit."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __enter__(self) -> Reader:
+        self.fds = {path: os.open(path, os.O_RDONLY) for path in dict.fromkeys(self.paths)}
+
+        def read(src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
+            pos = 0
+            for off, n in spans:
+                _read_all(self.fds[src], view[pos:pos + n], off)
+                pos += n
+        return read
+
+    def __exit__(self, *exc: Any) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def read_into(dest: torch.Tensor, sections: list[Section], threads: int, chunk: int,
+              buffers: int) -> None:
+    """Fill `dest` (uint8, on any device) with the local sections' bytes."""
+    with LocalFiles([s[0] for s in sections]) as read:
+        pipeline(dest, _chunks(sections, chunk), read, threads, buffers)
 
 
 def tensors(dest: torch.Tensor, entries: list[Entry]) -> dict[str, torch.Tensor]:
@@ -159,6 +221,10 @@ def _shape(ctx: LoadContext) -> tuple[int, int, int]:
     return threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
 
 
+def _ring(ctx: LoadContext, buffers: int) -> str:
+    return f", {buffers} pinned buffers" if ctx.device.type == "cuda" else ", straight into memory"
+
+
 def load(ctx: LoadContext) -> torch.nn.Module:
     threads, chunk, buffers = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
@@ -166,49 +232,89 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     entries, sections, total = layout(weight_files(ctx.checkpoint.folder))
     dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
     read_into(dest, sections, threads, chunk, buffers)
-    ring = f", {buffers} pinned buffers" if ctx.device.type == "cuda" else ", straight into memory"
-    ctx.io_mode = f"buffered preadv (page cache), {threads} threads, {chunk >> 20} MiB chunks{ring}"
+    ctx.io_mode = (f"buffered preadv (page cache), {threads} threads, {chunk >> 20} MiB chunks"
+                   f"{_ring(ctx, buffers)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total)
     return assign(model, tensors(dest, entries), ctx.device)
 
 
+# --- object storage (MODEL_URI, S3_CACHE=none) ---------------------------------------------------
+
+def load_s3(ctx: LoadContext) -> torch.nn.Module:
+    """Parallel ranged GETs of the chunks straight into the pinned ring, copied to the device:
+    what this network and server allow end to end, nothing written to local storage."""
+    from loadbench.storage import objectstore
+    remote = ctx.remote
+    if remote is None:
+        raise ValueError("reference.load_s3 needs ctx.remote (a MODEL_URI source)")
+    threads = ctx.options.get("threads") or remote.concurrency
+    chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
+    buffers = max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    names = [name for name, _ in remote.objects if name.endswith(".safetensors")]
+    sizes = dict(remote.objects)
+
+    def read(src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
+        into, pos = [], 0
+        for _, n in spans:
+            into.append(view[pos:pos + n])
+            pos += n
+        objectstore.read_ranges(remote.object(src), list(spans), into, concurrency=1, s3=remote.client)
+
+    def header(name: str) -> tuple[dict[str, Any], int, int]:
+        head = bytearray(8)
+        objectstore.read_ranges(remote.object(name), [(0, 8)], [head], concurrency=1, s3=remote.client)
+        (hlen,) = struct.unpack("<Q", head)
+        body = bytearray(hlen)
+        objectstore.read_ranges(remote.object(name), [(8, hlen)], [body], concurrency=1, s3=remote.client)
+        return json.loads(body), 8 + hlen, sizes[name] - 8 - hlen
+
+    entries, sections, total = layout(names, header)
+    dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
+    pipeline(dest, _chunks(sections, chunk), read, threads, buffers)
+    ctx.io_mode = (f"ranged GETs from {remote.describe()}, {threads} in flight, {chunk >> 20} MiB "
+                   f"ranges{_ring(ctx, buffers)}")
+    ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
+                    requests=len(_chunks(sections, chunk)) + 2 * len(names))
+    return assign(model, tensors(dest, entries), ctx.device)
+
 
 # --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------
-ALIGN = 256
-
-
-Section = tuple[str, int, int, int]  # (path, file offset, allocation offset, bytes)
 Placed = tuple[str, torch.dtype, tuple[int, ...], int, int]  # (name, dtype, shape, offset, bytes)
 
 
-def _rank_sections(entries: list[Entry], sections: list[Section], plan: TPPlan
-                   ) -> tuple[list[Section], list[Placed], int, list[Section], list[tuple[Entry, int]], int]:
-    """Byte ranges this rank reads. A slice on dim 0 (or after leading dims of size 1) is one
-    range of the file; any other split is strided, so the whole tensor is read into a scratch
-    allocation and narrowed on the device."""
+def rank_items(entries: list[Entry], sections: list[Section], plan: TPPlan, chunk: int
+               ) -> tuple[list[Item], list[Placed], int, int]:
+    """(work items, where each tensor lands, allocation bytes, tensors read as rows) for this
+    rank: only its bytes. A split on dim d of a tensor whose leading dims hold R > 1 rows is R
+    spans of (length on d) x (bytes per step of d), a row (size of d x that) apart."""
     import bisect
     bases = [s[2] for s in sections]
-    direct, placed, dtotal = [], [], 0
-    strided, scattered, stotal = [], [], 0
+    items: list[Item] = []
+    placed: list[Placed] = []
+    total = strided = 0
     for e in entries:
         path, data_start, base, _ = sections[bisect.bisect_right(bases, e.start) - 1]
         foff = data_start + (e.start - base)
         b = plan.bounds(e.name, e.shape)
-        dim = plan.dims.get(e.name) or 0  # b is None where dim is None
-        if b is not None and any(n != 1 for n in e.shape[:dim]):
-            strided.append((path, foff, stotal, e.nbytes))
-            scattered.append((e, stotal))
-            stotal += e.nbytes + (-e.nbytes) % ALIGN
-            continue
-        shape, nbytes = e.shape, e.nbytes
+        shape, rows, seg, stride = e.shape, 1, e.nbytes, e.nbytes
         if b is not None:
-            inner = e.nbytes // max(1, e.shape[dim]) if e.shape[dim] else 0
+            dim = plan.dims.get(e.name) or 0
+            rows = math.prod(e.shape[:dim])
+            step = e.nbytes // max(1, rows * e.shape[dim]) if e.shape[dim] else 0
             shape = e.shape[:dim] + (b[1],) + e.shape[dim + 1:]
-            foff, nbytes = foff + b[0] * inner, b[1] * inner
-        direct.append((path, foff, dtotal, nbytes))
-        placed.append((e.name, e.dtype, shape, dtotal, nbytes))
-        dtotal += nbytes + (-nbytes) % ALIGN
-    return direct, placed, dtotal, strided, scattered, stotal
+            foff, seg, stride = foff + b[0] * step, b[1] * step, e.shape[dim] * step
+        nbytes = rows * seg
+        if nbytes:
+            if rows == 1:
+                items += _chunks([(path, foff, total, seg)], chunk)
+            else:
+                items += _row_chunks(path, foff, total, seg, rows, stride, chunk)
+                strided += 1
+        placed.append((e.name, e.dtype, shape, total, nbytes))
+        total += nbytes + (-nbytes) % ALIGN
+    return items, placed, total, strided
 
 
 def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
@@ -216,26 +322,17 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
     threads, chunk, buffers = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
-    entries, sections, _ = layout(weight_files(ctx.checkpoint.folder))
-    direct, placed, dtotal, strided, scattered, stotal = _rank_sections(entries, sections, plan)
-    state: dict[str, torch.Tensor] = {}
-    if strided:
-        scratch = torch.empty(stotal, dtype=torch.uint8, device=ctx.device)
-        read_into(scratch, [s for s in strided if s[3]], threads, chunk, buffers)
-        for e, off in scattered:
-            whole = scratch[off:off + e.nbytes].view(e.dtype).view(e.shape)
-            state[e.name] = plan.narrow(e.name, whole).contiguous()
-        del scratch
-    dest = torch.empty(max(dtotal, 1), dtype=torch.uint8, device=ctx.device)
-    read_into(dest, [s for s in direct if s[3]], threads, chunk, buffers)
-    for name, dtype, shape, off, nbytes in placed:
-        state[name] = dest[off:off + nbytes].view(dtype).view(shape)
-    ring = f", {buffers} pinned buffers" if ctx.device.type == "cuda" else ", straight into memory"
-    extra = sum(e.nbytes for e, _ in scattered)
-    ctx.io_mode = (f"buffered preadv (page cache) of the rank's byte ranges, {threads} threads, "
-                   f"{chunk >> 20} MiB chunks{ring}; strided (rowwise) slices: whole tensor read, then "
-                   f"narrowed on the device")
-    ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=dtotal,
-                    strided_tensors=len(scattered), strided_read_bytes=extra,
-                    bytes_read=sum(s[3] for s in direct) + extra)
+    paths = weight_files(ctx.checkpoint.folder)
+    entries, sections, _ = layout(paths)
+    items, placed, total, strided = rank_items(entries, sections, plan, chunk)
+    dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
+    with LocalFiles(paths) as read:
+        pipeline(dest, items, read, threads, buffers)
+    state = {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
+    ctx.io_mode = (f"buffered preadv (page cache) of the rank's bytes only, {threads} threads, "
+                   f"{chunk >> 20} MiB chunks{_ring(ctx, buffers)}; strided (rowwise) slices read "
+                   f"as one span per row")
+    ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
+                    strided_tensors=strided, row_spans=sum(len(i[1]) for i in items if len(i[1]) > 1),
+                    bytes_read=sum(i[3] for i in items))
     return plan.assign(model, state, ctx.device)

@@ -69,6 +69,42 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     return models.finish(model, ctx.device)
 
 
+# --- object storage (MODEL_URI, S3_CACHE=none) ---------------------------------------------------
+# tensorizer's own S3 path (stream_io): boto3 only presigns the GET; the `curl` binary streams it,
+# and each extra reader is another curl on a byte range of the same URL.
+
+def load_s3(ctx: LoadContext) -> torch.nn.Module:
+    from tensorizer import TensorDeserializer, stream_io
+    remote = ctx.remote
+    if remote is None:
+        raise ValueError("tensorizer.load_s3 needs ctx.remote (a MODEL_URI source)")
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    key, secret, token = remote.credentials()
+    if key is None:
+        key = secret = ""  # no credentials: unsigned requests (a public bucket)
+    elif token:
+        key = secret = None  # temporary credentials: tensorizer takes no token, boto3's chain signs
+    endpoint: dict[str, Any] = {}
+    if remote.endpoint_url:
+        endpoint = {"s3_endpoint": remote.endpoint_url,
+                    "force_http": remote.endpoint_url.startswith("http://")}
+    stream = stream_io.open_stream(remote.object(FILE), "rb", s3_access_key_id=key,
+                                   s3_secret_access_key=secret, **endpoint)
+    kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
+    if ctx.options.get("num_readers"):
+        kwargs["num_readers"] = ctx.options["num_readers"]
+    deserializer = TensorDeserializer(stream, **kwargs)
+    readers = getattr(deserializer, "_num_readers", None)
+    ctx.info["num_readers"] = readers
+    ctx.io_mode = f"stream_io from {remote.describe()} (presigned GETs through curl), {readers} reader(s)"
+    try:
+        deserializer.load_into_module(model)
+    finally:
+        deserializer.close()
+    return models.finish(model, ctx.device)
+
+
 # --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------
 # As vLLM does with tensorizer: one file per rank, written by save_models.py for the TP size,
 # holding only that rank's slices (split tensors) and the replicated tensors whole.

@@ -112,6 +112,8 @@ def save_all(cfg: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
     dtype = models.DTYPES[cfg.dtype]
     formats = loaders.formats_for(list(cfg.libraries))
     owners = {fmt: loaders.require(loaders.FORMAT_OWNERS[fmt]) for fmt in formats}
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # our own progress lines say it; a bar would garble pod logs
     for path in remove_stale(root, loaders.FORMATS):
         progress(f"removed {path}, left by a killed save")
 

@@ -8,6 +8,8 @@ download recorded as its own phase, "download then load" as users do today:
 S3_CACHE=none downloads into MODEL_PATH each time (removed before the next
 trial, so every trial downloads); S3_CACHE=node goes through the node cache
 (storage/nodecache.py): the first pod on a node fills it, later pods read it.
+A library that reads object storage itself (registry `reads_s3`) gets a `Remote`
+instead, with S3_CACHE=none and S3_READ=native, and nothing is written locally.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import shutil
 from typing import Any, Protocol
 
 from loadbench import config
+from loadbench.loaders import Library
+from loadbench.loaders.context import Remote
 from loadbench.storage.checkpoint import Checkpoint, open_checkpoint
 
 
@@ -33,6 +37,9 @@ class Source(Protocol):
     def record(self) -> dict[str, Any] | None:
         """What the document says of the source (never credentials)."""
 
+    def remote(self, lib: Library, ckpt: Checkpoint) -> Remote | None:
+        """Where `lib` reads the checkpoint itself (its load_s3), or None: local files."""
+
 
 class LocalSource:
     def __init__(self, cfg: config.Settings) -> None:
@@ -48,6 +55,9 @@ class LocalSource:
         return None
 
     def record(self) -> dict[str, Any] | None:
+        return None
+
+    def remote(self, lib: Library, ckpt: Checkpoint) -> Remote | None:
         return None
 
 
@@ -92,8 +102,21 @@ class S3Source:
     def record(self) -> dict[str, Any] | None:
         from loadbench.storage import objectstore
         about = objectstore.describe(self.s3)
-        return {"uri": objectstore.redact(self.uri), "cache": self.cfg.s3_cache,
+        return {"uri": objectstore.redact(self.uri), "cache": self.cfg.s3_cache, "read": self.cfg.s3_read,
                 "endpoint": about.get("endpoint"), "credentials": about.get("credentials")}
+
+    def native(self, lib: Library) -> bool:
+        return lib.reads_s3 and self.cfg.s3_read == "native" and self.cfg.s3_cache == "none"
+
+    def remote(self, lib: Library, ckpt: Checkpoint) -> Remote | None:
+        if not self.native(lib):
+            return None
+        from loadbench.storage import objectstore
+        files = ckpt.manifest["formats"][ckpt.format]["files"]
+        return Remote(uri=str(objectstore.parse_uri(self.uri).child(ckpt.format)), client=self.s3,
+                      endpoint_url=objectstore.endpoint_from_env(), concurrency=self.cfg.s3_concurrency,
+                      part_bytes=self.cfg.s3_part_bytes,
+                      objects=tuple((e["name"], e["bytes"]) for e in files if e.get("weights")))
 
 
 def for_settings(cfg: config.Settings) -> Source:

@@ -17,7 +17,7 @@ import torch
 
 from loadbench import machine, models
 from loadbench.errors import one_line
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, Remote
 from loadbench.measure import checksums
 from loadbench.measure.document import error_info, now, where
 from loadbench.schema.result import TRIAL_KEYS
@@ -169,17 +169,23 @@ def verify_into(record: dict[str, Any], state: dict[str, torch.Tensor], expected
 def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
               options: dict[str, Any], mode: str, measured: dict[str, Any] | None,
               inference: tuple[int, int] | None, index_in_process: int | None = None,
-              source: Any = None) -> tuple[dict[str, Any], LoadContext]:
+              source: Any = None, remote: Remote | None = None) -> tuple[dict[str, Any], LoadContext]:
     """One load, checked. `inference` is (new tokens, runs), or None to skip it. With an
-    object-storage `source`, the download is inside the clock, marked as its own phase."""
+    object-storage `source`, the download is inside the clock, marked as its own phase; with
+    a `remote`, the library reads object storage itself (its load_s3) and nothing is local."""
     release(device)
     trial = new_trial(mode, index_in_process)
-    files = source.local_files(ckpt) if source is not None else ckpt.weight_files
+    if remote is not None:
+        files: list[str] = []
+    else:
+        files = source.local_files(ckpt) if source is not None else ckpt.weight_files
     resident = prepare_cache(mode, files, trial) if files else 0.0  # nothing local yet
     trial["resident_before"] = resident
-    ctx = LoadContext(ckpt, device, dtype, options)
+    ctx = LoadContext(ckpt, device, dtype, options, remote=remote)
 
     def fetch_then_load(ctx: LoadContext) -> Any:
+        if ctx.remote is not None:
+            return mod.load_s3(ctx)
         got = source.fetch(ctx.checkpoint) if source is not None else None
         if got is not None:
             ctx.checkpoint, ctx.info["fetch"] = got
@@ -197,7 +203,8 @@ def run_trial(mod: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dty
     trial["library_info"] = ctx.info
     trial.update(load.times())
     trial["gbps"] = ckpt.manifest["model"]["bytes"] / trial["total_s"] / 1e9
-    grade(trial, *ceilings.bound(measured, resident, "s3" if "download" in ctx.marks else "local"))
+    remote_read = "download" in ctx.marks or ctx.remote is not None
+    grade(trial, *ceilings.bound(measured, resident, "s3" if remote_read else "local"))
     try:
         # The prompt is tokenized once per trial (the tokenizer is read from disk).
         ids = _prompt_ids(ckpt, model.config.vocab_size, device) if inference else None

@@ -153,6 +153,7 @@ class SingleProcess:
     def prepare(self, lib: str, mod: Any, options: dict[str, Any], ckpt: Checkpoint,
                 doc: dict[str, Any], own: list[dict[str, Any]]) -> None:
         self.mod, self.options, self.ckpt, self.doc = mod, options, ckpt, doc
+        self.remote = self.source.remote(loaders.get(lib), ckpt) if self.source is not None else None
         # Import the architecture's modeling code once per pod, untimed: the first
         # library would otherwise pay for every library's imports.
         if not self.state.warmed:
@@ -164,7 +165,7 @@ class SingleProcess:
     def trial(self, i: int) -> tuple[dict[str, Any], int]:
         one, ctx = trial.run_trial(self.mod, self.ckpt, self.device, self.dtype, self.options,
                                    self.cfg.cache_mode, self.doc["ceilings"], self.inference,
-                                   self.state.next_load(), self.source)
+                                   self.state.next_load(), self.source, self.remote)
         one["io_mode"] = ctx.io_mode
         return one, EXIT_OK if one["status"] == "ok" else EXIT_FAILED
 

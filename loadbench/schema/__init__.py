@@ -17,9 +17,17 @@ import errno
 import json
 import os
 import stat
+import sys
 from typing import Any, Iterator
 
-from loadbench.schema.result import problems
+try:
+    from loadbench.schema.result import problems
+except ModuleNotFoundError as _missing:
+    if sys.argv[:1] == ["-m"]:  # `python -m loadbench.schema` from a Python without the deps
+        raise SystemExit(f"python -m loadbench.schema: {_missing.name} is not installed for "
+                         f"{sys.executable}; use the project's venv: .venv/bin/python -m "
+                         f"loadbench.schema (`make setup` makes it)") from None
+    raise
 
 MAX_BYTES = 64 << 20   # a result document is kilobytes; anything this large is not one
 

@@ -284,9 +284,17 @@ def test_matrix_plan_is_seeded_balanced_and_derived_from_the_experiment(monkeypa
     explicit = matrix.variants({"MATRIX": "tensorizer; tensorizer:TZR_NUM_READERS=16 ;safetensors"})
     assert matrix.variant_env(explicit[1]) == {"LIBRARIES": "tensorizer", "TZR_NUM_READERS": "16"}
     for bad in ("nosuchlib", "tensorizer:IT_BACKEND=MMAP", "tensorizer:TZR_NUM_READERS=zero",
-                "safetensors;safetensors"):
+                "safetensors;safetensors", "flashpack:TP_SIZE=2", "reference:TP_SIZE=0"):
         with pytest.raises(ConfigError):
             matrix.variants({"MATRIX": bad})
+    # TP sizes interleaved in one Job: per entry, or MATRIX_TP times the libraries that have a path
+    tp = matrix.variants({"MATRIX": "reference;reference:TP_SIZE=2"})
+    assert matrix.variant_env(tp[1]) == {"LIBRARIES": "reference", "TP_SIZE": "2"}
+    both = [str(v) for v in matrix.variants({"LIBRARIES": "reference,flashpack", "MATRIX_TP": "1,2"})]
+    assert both == ["reference:TP_SIZE=1", "reference:TP_SIZE=2", "flashpack:TP_SIZE=1"]
+    for bad_tp in ("0", "1,1", "two"):
+        with pytest.raises(ConfigError, match="MATRIX_TP"):
+            matrix.variants({"LIBRARIES": "reference", "MATRIX_TP": bad_tp})
     monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
     assert matrix.main(["--exec"]) == EXIT_BAD_INPUT  # not an Indexed Job's pod
 

@@ -210,7 +210,9 @@ def test_the_experiment_is_valid_and_derives_its_paths():
 @pytest.mark.parametrize("job", ALL_JOBS, ids=lambda j: j["metadata"]["name"])
 def test_jobs_read_the_experiment_and_pin_no_derived_path(job):
     c = container(job)
-    assert c["envFrom"] == [{"configMapRef": {"name": EXPERIMENT}}]
+    # the experiment, and object-storage credentials from a Secret when one exists (never a ConfigMap)
+    assert c["envFrom"] == [{"configMapRef": {"name": EXPERIMENT}},
+                            {"secretRef": {"name": "loadbench-s3", "optional": True}}]
     env = env_of(job)
     for name in ("MODEL_ID", "MODEL_PATH", "RUN_ID", "RES_PATH", "NUM_TRIALS", "CACHE_MODE", "DEVICE"):
         assert name not in env, f"{name} belongs to experiment.env (or is derived), not to one Job"

@@ -44,19 +44,47 @@ def bench(uri: str, server: S3Server, model_path: Path, res: Path, **extra: str)
 
 def test_every_library_loads_from_s3_verified_with_the_download_inside_the_clock(uploaded, tmp_path):
     uri, server = uploaded
-    proc = bench(uri, server, tmp_path / "pod", tmp_path / "res", NUM_TRIALS="2")
+    proc = bench(uri, server, tmp_path / "pod", tmp_path / "res", NUM_TRIALS="2", S3_READ="download")
     assert proc.returncode == 0, proc.stderr
     docs = result_lines(proc.stdout)
     assert sorted(d["library"] for d in docs) == sorted(LIBS.split(","))
     for doc in docs:
         assert not schema.problems(doc), schema.problems(doc)
         assert doc["source"]["uri"] == uri and doc["source"]["cache"] == "none"
+        assert doc["source"]["read"] == "download"
         assert server.secret_key not in str(doc) and server.access_key not in str(doc)
         for t in doc["trials"]:
             assert t["status"] == "ok" and t["tensors_verified"] > 0 and not t["mismatches"]
             assert 0 < t["download_s"] < t["total_s"]  # a phase of the timed load
             assert t["resident_before"] == 0.0  # every trial downloads afresh (S3_CACHE=none)
             assert t["library_info"]["fetch"]["role"] == "download"
+
+
+NATIVE = ["tensorizer", "reference", "runai-streamer"]
+
+
+def test_libraries_that_read_s3_themselves_do_so_verified_with_nothing_written_locally(uploaded, tmp_path):
+    """S3_READ=native (the default): tensorizer's stream_io, the Run:ai streamer's S3 backend and
+    the reference's ranged GETs read the bucket directly; safetensors still downloads then loads."""
+    uri, server = uploaded
+    pod = tmp_path / "pod"
+    proc = bench(uri, server, pod, tmp_path / "res", LIBRARIES=",".join([*NATIVE, "safetensors"]))
+    assert proc.returncode == 0, proc.stderr
+    by = {d["library"]: d for d in result_lines(proc.stdout)}
+    assert sorted(by) == sorted([*NATIVE, "safetensors"])
+    for lib, doc in by.items():
+        assert not schema.problems(doc), schema.problems(doc)
+        assert doc["source"]["read"] == "native" and server.secret_key not in str(doc)
+        (trial,) = doc["trials"]
+        assert trial["status"] == "ok" and trial["tensors_verified"] > 0 and not trial["mismatches"], lib
+        if lib in NATIVE:
+            assert trial["download_s"] is None and "fetch" not in trial["library_info"], lib
+            assert server.endpoint in doc["io_mode"] or "S3" in doc["io_mode"], doc["io_mode"]
+        else:
+            assert 0 < trial["download_s"] < trial["total_s"]
+    # the native loads wrote no weights: only safetensors' download (removed after its trial)
+    assert not list(pod.glob("tensorizer/*.tensors"))
+    assert by["reference"]["trials"][0]["library_info"]["requests"] >= 3
 
 
 def test_a_node_cache_is_filled_by_the_first_pod_and_read_by_the_next(uploaded, tmp_path):

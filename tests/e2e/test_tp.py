@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from loadbench import schema
+from loadbench import loaders, schema
 from loadbench.measure import tp_launch, tp_parent, tp_plan
 from tests.conftest import ROOT, clean_env, result_lines, run_script
 
-TP_LIBRARIES = ["safetensors", "tensorizer", "reference", "huggingface"]
+# every library with a TP path that runs on CPU, from the registry: a new one is tested here too
+TP_LIBRARIES = [n for n in loaders.NAMES if loaders.get(n).supports_tp and not loaders.get(n).needs_cuda]
 TENSORS = 21  # random/llama-tiny's state dict
 
 
@@ -102,10 +103,12 @@ def test_tp2_loads_verified_bit_for_bit(llama, tmp_path):
     by = {d["library"]: d for d in docs}
     # one set of ranks per pod, one job per library, as one process serves every library at TP_SIZE=1
     assert len({tuple(d["tp"]["pids"]) for d in docs}) == 1
-    assert sorted(d["tp"]["job"] for d in docs) == [0, 1, 2, 3]
-    assert "rank startup" in [p["name"] for p in by["safetensors"]["pod"]["phases"]]
+    assert sorted(d["tp"]["job"] for d in docs) == list(range(len(TP_LIBRARIES)))
+    assert "rank startup" in [p["name"] for p in by[TP_LIBRARIES[0]]["pod"]["phases"]]  # the first pays
     assert "strided" in by["reference"]["io_mode"] and "get_slice" in by["safetensors"]["io_mode"]
     assert by["tensorizer"]["trials"][0]["library_info"]["file"] == "rank-0-of-2.tensors"
+    assert "process-group loader" in by["fastsafetensors"]["io_mode"]
+    assert "RUNAI_STREAMER_DIST=1" in by["runai-streamer"]["io_mode"]
 
 
 def _corrupt_rank1_slice(root: Path, name: str) -> None:
@@ -277,3 +280,40 @@ def test_rank_crash_or_hang_in_a_job_is_an_error_document(llama, tmp_path, monke
     assert pool.closed and all(p.poll() is not None for p in pool.group.procs)  # every rank stopped
     assert time.monotonic() - start < 20
     assert not schema.problems(doc), schema.problems(doc)
+
+
+@pytest.fixture(scope="module")
+def llama4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """random/llama-tiny saved with TP_SIZE=4 (its 4 heads and 172-wide MLP split four ways)."""
+    path = tmp_path_factory.mktemp("tp4") / "llama-tiny"
+    proc = run_script("save_models.py", {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(path),
+                                         "LIBRARIES": "tensorizer,safetensors", "TP_SIZE": "4"})
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_tp4_on_gloo_loads_each_ranks_slices_and_records_its_bytes(llama4, tmp_path):
+    """What the 4-GPU run (issue 23) does, on CPU: four ranks, one document, per-rank bytes."""
+    libs = ["tensorizer", "safetensors", "reference"]
+    proc = run_script("deserialize_benchmark.py", {
+        "MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(llama4), "RES_PATH": str(tmp_path / "res"),
+        "TP_SIZE": "4", "SKIP_INFERENCE": "1", "CACHE_MODE": "cold", "LIBRARIES": ",".join(libs)},
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    docs = result_lines(proc.stdout)
+    assert [d["library"] for d in docs] == libs
+    for doc in docs:
+        assert doc["status"] == "ok" and doc["tp_size"] == 4 and len(doc["tp"]["pids"]) == 4
+        (trial,) = doc["trials"]
+        assert [r["rank"] for r in trial["ranks"]] == [0, 1, 2, 3]
+        for r in trial["ranks"]:
+            assert r["status"] == "ok" and r["tensors_verified"] == TENSORS
+            assert isinstance(r["storage_read_bytes"], int) and isinstance(r["cache_read_bytes"], int)
+            assert r["bytes"] < doc["model"]["bytes"]  # a share, not the whole model
+        assert sum(r["bytes"] for r in trial["ranks"]) < 1.1 * doc["model"]["bytes"]
+    # the rank processes serve every library of the pod: each load's place in them is recorded
+    assert [d["trials"][0]["index_in_process"] for d in docs] == [0, 1, 2]
+    # the reference reads only its share: rowwise slices as row spans, not whole tensors
+    assert docs[2]["trials"][0]["library_info"]["bytes_read"] < 0.5 * docs[2]["model"]["bytes"]
+    tensorizer = docs[0]["trials"][0]
+    assert tensorizer["library_info"]["file"] == "rank-0-of-4.tensors"

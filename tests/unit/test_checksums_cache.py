@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 from loadbench.measure import checksums
@@ -76,6 +77,42 @@ def test_the_reference_loader_places_every_tensor_from_the_safetensors_header(tm
     got = reference_lib.tensors(dest, entries)
     for name, want in {**a, **b}.items():
         assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_the_reference_reads_only_each_ranks_bytes_rows_included(tmp_path, world):
+    """Splits on the first dim (one range), on inner dims (one span per row) and 3-D tensors,
+    with tiny chunks so rows are grouped and long rows split: every rank's tensors equal
+    narrow() of the whole tensor, and the bytes it asks for are exactly its share."""
+    from safetensors.torch import save_file
+
+    from loadbench.loaders import reference_lib
+    from loadbench.measure.tp_plan import RankPlan
+    g = torch.Generator().manual_seed(world)
+    whole = {"col": torch.randn(12, 7, generator=g).to(torch.bfloat16),
+             "row": torch.randn(5, 24, generator=g),
+             "cube": torch.randn(3, 8, 4, generator=g).to(torch.float16),
+             "lead1": torch.randn(1, 12, 3, generator=g),
+             "kept": torch.arange(9, dtype=torch.int64)}
+    dims = {"col": 0, "row": 1, "cube": 1, "lead1": 1, "kept": None}
+    paths = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    save_file({k: whole[k] for k in ("col", "row")}, paths[0])
+    save_file({k: whole[k] for k in ("cube", "lead1", "kept")}, paths[1])
+    entries, sections, _ = reference_lib.layout(paths)
+    for rank in range(world):
+        plan = RankPlan(rank, world, dims, {})
+        items, placed, total, strided = reference_lib.rank_items(entries, sections, plan, chunk=40)
+        assert strided == 2  # row and cube; lead1's only leading dim is 1, so its slice is one range
+        dest = torch.empty(max(total, 1), dtype=torch.uint8)
+        with reference_lib.LocalFiles(paths) as read:
+            reference_lib.pipeline(dest, items, read, threads=3, buffers=3)
+        share = 0
+        for name, dtype, shape, off, n in placed:
+            got = dest[off:off + n].view(dtype).view(shape)
+            want = plan.narrow(name, whole[name])
+            assert torch.equal(got, want), (name, rank)
+            share += want.numel() * want.element_size()
+        assert sum(i[3] for i in items) == share
 
 
 def test_scoped_env_restores_exactly(monkeypatch):
