@@ -14,7 +14,7 @@ BASE_IMAGE ?=
 ENGINE ?=
 BUILD_FLAGS ?=
 
-.PHONY: demo test test-gpu test-image image lint setup shell clean
+.PHONY: demo test test-slow test-gpu test-image image lint setup shell clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q tests/unit tests/e2e
+
+# The slower tier CI runs after `make test` (~3 minutes): benchmarks/gpu_run.sh's rotate and s3
+# phases on the CPU, the latter against a real SeaweedFS server.
+test-slow: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests/slow
 
 # On a GPU machine: the tier CI cannot run (real CUDA loads with every peer).
 test-gpu: $(VENV)/.installed

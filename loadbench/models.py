@@ -121,17 +121,25 @@ def _first_sentence(text: str, limit: int = 300) -> str:
 
 
 def _hub_reachable(model_id: str) -> None:
-    """Ask DNS once before the hub client does: offline, it retries for ~27 s before failing,
-    where a pod's own retry (exit 3) is the retry that should happen."""
+    """Ask DNS and open one connection before the hub client does: offline or refused, it
+    retries for ~25 s before failing, where a pod's own retry (exit 3) is the one that should
+    happen."""
     import socket
     from urllib.parse import urlsplit
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return  # the cache answers, or the client says it cannot
-    host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                         "ALL_PROXY", "all_proxy")):
+        return  # through a proxy the hub may be neither resolvable nor reachable from here
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or ""
     try:
-        socket.getaddrinfo(host, 443)
-    except OSError as e:
-        raise Transient(f"MODEL_ID={model_id!r}: the hub ({host}) could not be reached: {e.strerror or e}; "
+        port = url.port or (80 if url.scheme == "http" else 443)
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise Transient(f"MODEL_ID={model_id!r}: the hub could not be reached ({host}: {why}); "
                         f"a retry may succeed, or use a local folder or random/<name>") from e
 
 

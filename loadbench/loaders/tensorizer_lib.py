@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -51,17 +51,18 @@ def _untied(model: torch.nn.Module) -> Iterator[None]:
             module._parameters[name] = param
 
 
-def load(ctx: LoadContext) -> torch.nn.Module:
+def _deserialize(ctx: LoadContext, source: Callable[[], Any], reads: str) -> torch.nn.Module:
+    """A skeleton, then TensorDeserializer from what `source()` opens (a path or a stream)."""
     from tensorizer import TensorDeserializer
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
     if ctx.options.get("num_readers"):
         kwargs["num_readers"] = ctx.options["num_readers"]
-    deserializer = TensorDeserializer(os.path.join(ctx.checkpoint.folder, FILE), **kwargs)
+    deserializer = TensorDeserializer(source(), **kwargs)
     readers = getattr(deserializer, "_num_readers", None)
     ctx.info["num_readers"] = readers
-    ctx.io_mode = f"buffered reads (page cache), {readers} reader(s)"
+    ctx.io_mode = f"{reads}, {readers} reader(s)"
     try:
         deserializer.load_into_module(model)
     finally:
@@ -69,17 +70,19 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     return models.finish(model, ctx.device)
 
 
+def load(ctx: LoadContext) -> torch.nn.Module:
+    return _deserialize(ctx, lambda: os.path.join(ctx.checkpoint.folder, FILE), "buffered reads (page cache)")
+
+
 # --- object storage (MODEL_URI, S3_CACHE=none) ---------------------------------------------------
 # tensorizer's own S3 path (stream_io): boto3 only presigns the GET; the `curl` binary streams it,
 # and each extra reader is another curl on a byte range of the same URL.
 
 def load_s3(ctx: LoadContext) -> torch.nn.Module:
-    from tensorizer import TensorDeserializer, stream_io
+    from tensorizer import stream_io
     remote = ctx.remote
     if remote is None:
         raise ValueError("tensorizer.load_s3 needs ctx.remote (a MODEL_URI source)")
-    model = models.skeleton(ctx.config, ctx.dtype)
-    ctx.mark("skeleton")
     key, secret, token = remote.credentials()
     if key is None:
         key = secret = ""  # no credentials: unsigned requests (a public bucket)
@@ -89,20 +92,9 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
     if remote.endpoint_url:
         endpoint = {"s3_endpoint": remote.endpoint_url,
                     "force_http": remote.endpoint_url.startswith("http://")}
-    stream = stream_io.open_stream(remote.object(FILE), "rb", s3_access_key_id=key,
-                                   s3_secret_access_key=secret, **endpoint)
-    kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
-    if ctx.options.get("num_readers"):
-        kwargs["num_readers"] = ctx.options["num_readers"]
-    deserializer = TensorDeserializer(stream, **kwargs)
-    readers = getattr(deserializer, "_num_readers", None)
-    ctx.info["num_readers"] = readers
-    ctx.io_mode = f"stream_io from {remote.describe()} (presigned GETs through curl), {readers} reader(s)"
-    try:
-        deserializer.load_into_module(model)
-    finally:
-        deserializer.close()
-    return models.finish(model, ctx.device)
+    return _deserialize(ctx, lambda: stream_io.open_stream(remote.object(FILE), "rb", s3_access_key_id=key,
+                                                           s3_secret_access_key=secret, **endpoint),
+                        f"stream_io from {remote.describe()} (presigned GETs through curl)")
 
 
 # --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------

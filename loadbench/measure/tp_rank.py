@@ -125,7 +125,7 @@ class RankWorker:
             self.dist.barrier()
 
     def trial(self, mode: str) -> dict[str, Any]:
-        trial.release(self.device)
+        trial.release(self.device, collect=bool(self.loads))
         rec: dict[str, Any] = {"rank": self.rank, "device": str(self.device), "status": "ok",
                                "mismatches": [], "tensors_verified": 0, "warnings": [],
                                "index_in_process": self.loads, **self.who}
@@ -157,7 +157,6 @@ class RankWorker:
             rec.update(status="error", error=error_info(e, where(e)))
         rec["finished_at"] = now()
         del load
-        trial.release(self.device)
         return rec
 
     def close(self) -> None:

