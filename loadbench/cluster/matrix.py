@@ -136,11 +136,11 @@ def derived(environ: Mapping[str, str]) -> list[Variant]:
         swept = {name: values for name, values in opts.items() if len(values) > 1}
         for combo in itertools.product(*swept.values()):
             env = tuple((n, _env_value(v)) for n, v in zip(swept, combo))
-            for size in sizes or (None,):
-                if size is None:
-                    out.append(Variant(lib, env))
-                elif size == 1 or loaders.get(lib).supports_tp:
-                    out.append(Variant(lib, env + (("TP_SIZE", str(size)),)))
+            usable: list[int | None] = [n for n in sizes if n == 1 or loaders.get(lib).supports_tp]
+            if sizes and not usable:
+                usable = [1]  # no TP path: it still runs, on one GPU
+            for size in usable or [None]:
+                out.append(Variant(lib, env if size is None else env + (("TP_SIZE", str(size)),)))
     return out
 
 

@@ -142,9 +142,12 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
     per_thread = max(1, buffers // threads)
 
     def worker() -> None:
+        stream = None
         try:
             if cuda:
+                torch.cuda.set_device(dest.device)  # a new thread is on device 0: no context there
                 stream = torch.cuda.Stream(device=dest.device)
+                stream.wait_stream(torch.cuda.current_stream(dest.device))  # dest is allocated
                 ring = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(per_thread)]
                 events: list[torch.cuda.Event | None] = [None] * per_thread
                 i = 0
@@ -168,10 +171,11 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                     ev.record(stream)
                 events[slot] = ev
                 i += 1
-            if cuda:
-                stream.synchronize()
         except BaseException as e:  # reported to the caller
             errors.append(e)
+        finally:
+            if stream is not None:
+                stream.synchronize()  # no copy into dest is in flight when the caller returns
 
     pool = [threading.Thread(target=worker, daemon=True) for _ in range(min(threads, len(items)))]
     for t in pool:
@@ -247,8 +251,8 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
     remote = ctx.remote
     if remote is None:
         raise ValueError("reference.load_s3 needs ctx.remote (a MODEL_URI source)")
-    threads = ctx.options.get("threads") or remote.concurrency
-    chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
+    threads = ctx.options.get("threads") or remote.concurrency  # the client's pool holds that many
+    chunk = ctx.options.get("chunk_bytes") or remote.part_bytes  # S3_PART_BYTES, as the GET ceiling
     buffers = max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")

@@ -94,6 +94,7 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
     env = option_env(ctx.options, ENV)
     ctx.info.update({k: (v if v is not None else "library default") for k, v in env.items()})
     env["RUNAI_STREAMER_DIST"] = "1"  # its "auto" distributes over NCCL only; gloo needs 1
+    env["RUNAI_STREAMER_DIST_GLOBAL"] = "1"  # one group of every rank, not one per host name
     ctx.io_mode = ("distributed streaming (RUNAI_STREAMER_DIST=1): each rank reads a share of the "
                    "tensors and broadcasts it, every rank keeps its slices, " + ", ".join(
                        f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV))
@@ -103,6 +104,15 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
     with scoped_env(env), SafetensorsStreamer() as streamer:
         streamer.stream_files(weight_files(ctx.checkpoint.folder), device=str(ctx.device),
                               is_distributed=True)
+        # It falls back to every rank reading everything (too little free memory, a backend
+        # that does not match the device) without a word: record what it did.
+        inner = getattr(streamer, "file_streamer", None)
+        distributed = bool(getattr(inner, "is_distributed", False))
+        ctx.info.update(distributed=distributed,
+                        group_size=inner.get_group_size() if distributed and inner is not None else 1)
         for name, tensor in streamer.get_tensors():
             state[name] = plan.narrow(name, tensor).to(ctx.device).clone()
+    if not distributed:
+        ctx.io_mode = ctx.io_mode.replace("distributed streaming", "distributed streaming asked, NOT used "
+                                          "(every rank read every tensor)", 1)
     return plan.assign(model, state, ctx.device)

@@ -79,22 +79,19 @@ def load(ctx: LoadContext) -> torch.nn.Module:
 # and each extra reader is another curl on a byte range of the same URL.
 
 def load_s3(ctx: LoadContext) -> torch.nn.Module:
+    """Presigned with loadbench's own client (its endpoint, region, addressing and session
+    token), so tensorizer's curl streams exactly the object the rest of the run reads; left to
+    itself, tensorizer would fall back to its own default endpoint where none is configured."""
     from tensorizer import stream_io
     remote = ctx.remote
     if remote is None:
         raise ValueError("tensorizer.load_s3 needs ctx.remote (a MODEL_URI source)")
-    key, secret, token = remote.credentials()
-    if key is None:
-        key = secret = ""  # no credentials: unsigned requests (a public bucket)
-    elif token:
-        key = secret = None  # temporary credentials: tensorizer takes no token, boto3's chain signs
-    endpoint: dict[str, Any] = {}
-    if remote.endpoint_url:
-        endpoint = {"s3_endpoint": remote.endpoint_url,
-                    "force_http": remote.endpoint_url.startswith("http://")}
-    return _deserialize(ctx, lambda: stream_io.open_stream(remote.object(FILE), "rb", s3_access_key_id=key,
-                                                           s3_secret_access_key=secret, **endpoint),
-                        f"stream_io from {remote.describe()} (presigned GETs through curl)")
+    from loadbench.storage.objectstore import parse_uri
+    obj = parse_uri(remote.object(FILE))
+    url = remote.client.generate_presigned_url("get_object", Params={"Bucket": obj.bucket, "Key": obj.prefix},
+                                               ExpiresIn=6 * 3600)
+    return _deserialize(ctx, lambda: stream_io.open_stream(url, "rb"),
+                        f"stream_io from {remote.describe()} (a presigned GET streamed by curl)")
 
 
 # --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------

@@ -21,6 +21,7 @@ trial, so every pod builds the same document. Ranks die with the parent
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -112,6 +113,7 @@ class RankWorker:
                 raise CheckpointError(f"{path} is missing; run save_models.py again")
         # Import the architecture's modeling code untimed, as a TP_SIZE=1 run does.
         models.skeleton(LoadContext(self.ckpt, self.device, self.dtype, self.options).config, self.dtype)
+        gc.freeze()  # what the imports made is permanent: no collection walks it inside a load
 
     def all_ok(self, ok: bool) -> bool:
         flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)

@@ -10,6 +10,7 @@ measure/tp_parent.py.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from typing import Any, Protocol
@@ -161,6 +162,7 @@ class SingleProcess:
             models.skeleton(LoadContext(ckpt, self.device, self.dtype, options).config, self.dtype)
             own.append({"name": "modeling imports", "seconds": time.perf_counter() - t0})
             self.state.warmed = True
+            gc.freeze()  # what the imports made is permanent: no collection walks it inside a load
 
     def trial(self, i: int) -> tuple[dict[str, Any], int]:
         one, ctx = trial.run_trial(self.mod, self.ckpt, self.device, self.dtype, self.options,

@@ -91,29 +91,46 @@ def etag_matches(path: str, info: ObjectInfo, bucket: str = "", s3: Any = None) 
 
 # --------------------------------------------------------------------------- ranged reads
 
-def _get_into(c: Any, bucket: str, key: str, offset: int, buf: memoryview, etag: str | None) -> int:
-    """One ranged GET of len(buf) bytes at `offset`, read into `buf`."""
+def _get_into(c: Any, bucket: str, key: str, offset: int, buf: memoryview, etag: str | None,
+              attempts: int = 3) -> int:
+    """One ranged GET of len(buf) bytes at `offset`, read into `buf`. botocore retries a request
+    only until its body starts; a body that breaks mid-stream (a reset, a read timeout) is
+    re-requested from where it stopped, `attempts` times in all."""
     n = len(buf)
     if n == 0:
         return 0
-    args: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{offset + n - 1}"}
-    if etag:
-        args["IfMatch"] = etag
-    with _errors(c, bucket, key):
-        body = c.get_object(**args)["Body"]
-        got = 0
+    got = 0
+    for attempt in range(attempts):
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key,
+                                "Range": f"bytes={offset + got}-{offset + n - 1}"}
+        if etag:
+            args["IfMatch"] = etag
         try:
-            while got < n:
-                k = body.readinto(buf[got:got + READ_CHUNK])
-                if not k:
-                    break
-                got += k
-        finally:
-            body.close()
+            with _errors(c, bucket, key):
+                body = c.get_object(**args)["Body"]
+                try:
+                    while got < n:
+                        k = body.readinto(buf[got:got + READ_CHUNK])
+                        if not k:
+                            break
+                        got += k
+                finally:
+                    body.close()
+            break
+        except Exception as e:
+            if not _broken_body(e) or attempt == attempts - 1:
+                raise
     if got != n:
         raise ObjectMismatch(f"s3://{bucket}/{key}: a ranged GET at offset {offset} returned {got} of {n} "
                              "bytes: the object is shorter than expected (truncated or replaced); save again")
     return got
+
+
+def _broken_body(e: BaseException) -> bool:
+    """A response body cut off in transfer (worth re-requesting), not an answer of the server."""
+    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
+    return bool(names & {"ProtocolError", "ReadTimeoutError", "IncompleteRead", "ResponseStreamingError",
+                         "ReadTimeout", "ConnectionResetError", "ConnectionError"})
 
 
 def read_ranges(obj: S3Uri | str, ranges: Sequence[tuple[int, int]], into: Sequence[Buffer], *,

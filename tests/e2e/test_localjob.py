@@ -292,6 +292,8 @@ def test_matrix_plan_is_seeded_balanced_and_derived_from_the_experiment(monkeypa
     assert matrix.variant_env(tp[1]) == {"LIBRARIES": "reference", "TP_SIZE": "2"}
     both = [str(v) for v in matrix.variants({"LIBRARIES": "reference,flashpack", "MATRIX_TP": "1,2"})]
     assert both == ["reference:TP_SIZE=1", "reference:TP_SIZE=2", "flashpack:TP_SIZE=1"]
+    only2 = [str(v) for v in matrix.variants({"LIBRARIES": "reference,flashpack", "MATRIX_TP": "2"})]
+    assert only2 == ["reference:TP_SIZE=2", "flashpack:TP_SIZE=1"]  # no TP path: still runs, on one GPU
     for bad_tp in ("0", "1,1", "two"):
         with pytest.raises(ConfigError, match="MATRIX_TP"):
             matrix.variants({"LIBRARIES": "reference", "MATRIX_TP": bad_tp})

@@ -109,6 +109,8 @@ def test_tp2_loads_verified_bit_for_bit(llama, tmp_path):
     assert by["tensorizer"]["trials"][0]["library_info"]["file"] == "rank-0-of-2.tensors"
     assert "process-group loader" in by["fastsafetensors"]["io_mode"]
     assert "RUNAI_STREAMER_DIST=1" in by["runai-streamer"]["io_mode"]
+    runai = by["runai-streamer"]["trials"][0]["library_info"]
+    assert (runai["distributed"], runai["group_size"]) == (True, 2)  # it did split the reads
 
 
 def _corrupt_rank1_slice(root: Path, name: str) -> None:
