@@ -20,8 +20,8 @@ from tests.conftest import ROOT
 
 JOB_MANIFESTS = ["save-models-job.yaml", "benchmark-job.yaml", "benchmark-matrix-job.yaml",
                  "benchmark-tp-multinode.yaml"]
-MANIFESTS = ["benchmark-pvc.yaml", "benchmark-networkpolicy.yaml", "experiment-configmap.yaml",
-             *JOB_MANIFESTS]
+MANIFESTS = ["benchmark-pvc.yaml", "benchmark-networkpolicy.yaml", "benchmark-egress-networkpolicy.yaml",
+             "experiment-configmap.yaml", "s3-credentials-secret.yaml", *JOB_MANIFESTS]
 EXPERIMENT = "loadbench-experiment"
 BIN = Path(sys.executable).parent
 # Rendezvous variables read by torch.distributed (env:// init), as torchrun sets them: not loadbench's.
@@ -373,6 +373,22 @@ def test_network_policy_denies_ingress_except_between_tp_ranks():
     ranks = {"batch.kubernetes.io/job-name": tp["metadata"]["name"]}  # set on its pods by the Job controller
     assert peers["podSelector"]["matchLabels"] == ranks
     assert peers["ingress"] == [{"from": [{"podSelector": {"matchLabels": ranks}}]}]
+
+
+def test_the_optional_egress_policy_allows_dns_the_object_store_and_tp_peers_only():
+    (egress,) = docs("benchmark-egress-networkpolicy.yaml")
+    spec = egress["spec"]
+    assert spec["policyTypes"] == ["Egress"] and "ingress" not in spec
+    for job in ALL_JOBS:  # it covers every loadbench pod
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    dns, store, peers = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
+    assert store["to"][0]["ipBlock"]["cidr"].endswith("/32")
+    assert {p["port"] for p in store["ports"]} == {443, 8333}
+    assert peers["to"] == [{"podSelector": {"matchLabels": spec["podSelector"]["matchLabels"]}}]
+    # not applied by `kubectl apply -k .`: it would cut a hub MODEL_ID off
+    assert "benchmark-egress-networkpolicy.yaml" not in (ROOT / "kustomization.yaml").read_text()
 
 
 def test_gitignore_covers_what_readme_commands_make():
