@@ -129,8 +129,9 @@ def _get_into(c: Any, bucket: str, key: str, offset: int, buf: memoryview, etag:
 def _broken_body(e: BaseException) -> bool:
     """A response body cut off in transfer (worth re-requesting), not an answer of the server."""
     names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
-    return bool(names & {"ProtocolError", "ReadTimeoutError", "IncompleteRead", "ResponseStreamingError",
-                         "ReadTimeout", "ConnectionResetError", "ConnectionError"})
+    return bool(names & {"ProtocolError", "ReadTimeoutError", "IncompleteRead", "IncompleteReadError",
+                         "ResponseStreamingError", "ReadTimeout", "ConnectionResetError",
+                         "ConnectionError"})
 
 
 def read_ranges(obj: S3Uri | str, ranges: Sequence[tuple[int, int]], into: Sequence[Buffer], *,

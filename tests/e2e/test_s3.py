@@ -177,6 +177,50 @@ def test_ranged_reads_fill_the_callers_buffers(s3_env: S3Server, bucket: str) ->
         objectstore.read_ranges(obj, [(0, 10)], [bytearray(5)])
 
 
+def test_a_body_cut_off_mid_stream_is_requested_again_from_where_it_stopped(tmp_path: Path) -> None:
+    """A real HTTP server on loopback that sends the headers of the whole range, half of the
+    bytes, and closes the connection, once: the ranged read resumes and the bytes are right."""
+    import http.server
+
+    data = os.urandom(1 << 20)
+    ranges_seen: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            spec = self.headers["Range"]
+            ranges_seen.append(spec)
+            first, last = (int(x) for x in spec.split("=")[1].split("-"))
+            body = data[first:last + 1]
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+            self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+            self.end_headers()
+            if len(ranges_seen) == 1:  # the first answer breaks off halfway
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = objectstore.client(f"http://127.0.0.1:{server.server_address[1]}", anonymous=True, read_timeout=5)
+        into = bytearray(600_000)
+        assert objectstore.read_ranges("s3://flaky/blob", [(1000, len(into))], [into], s3=c) == len(into)
+        assert bytes(into) == data[1000:1000 + len(into)]
+        assert ranges_seen[0] == "bytes=1000-600999" and ranges_seen[1] == "bytes=301000-600999"
+    finally:
+        server.shutdown()
+
+
 def test_the_get_ceiling_is_shaped_like_the_other_ceilings(
         published: str, saved_model: Path, s3_env: S3Server) -> None:
     got = objectstore.get_ceiling(published, streams=(1, 4), range_bytes=(1 << 20, 4 << 20), seconds=0.3)
