@@ -61,8 +61,8 @@ test: setup
 	$(BIN)/mypy
 	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q tests/unit tests/e2e
 
-# The slower tier CI runs after `make test` (~3 minutes): benchmarks/gpu_run.sh's rotate and s3
-# phases on the CPU, the latter against a real SeaweedFS server.
+# The slower tier CI runs after `make test` (~4 minutes): benchmarks/gpu_run.sh's rotate and s3
+# phases on the CPU (s3 against a real SeaweedFS server), TP=4 on gloo, node ceilings reused.
 test-slow: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests/slow
 
