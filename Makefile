@@ -61,8 +61,9 @@ test: setup
 	$(BIN)/mypy
 	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q tests/unit tests/e2e
 
-# The slower tier CI runs after `make test` (~4 minutes): benchmarks/gpu_run.sh's rotate and s3
-# phases on the CPU (s3 against a real SeaweedFS server), TP=4 on gloo, node ceilings reused.
+# The slower tier CI runs after `make test` (~5 minutes): benchmarks/gpu_run.sh's rotate and s3
+# phases on the CPU (s3 against a real SeaweedFS server), TP=4 on gloo, node ceilings reused,
+# the report on real and fuzzed folders.
 test-slow: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests/slow
 

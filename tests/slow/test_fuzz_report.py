@@ -7,7 +7,7 @@ valid document is there, and lists every invalid file with a reason.
 The generated folders are the same on every run (derandomized), so CI is
 stable; explore further with, for example,
     LOADBENCH_FUZZ_EXAMPLES=200 LOADBENCH_FUZZ_RANDOM=1 \
-        .venv/bin/python -m pytest tests/e2e/test_fuzz_report.py
+        .venv/bin/python -m pytest tests/slow/test_fuzz_report.py
 """
 
 from __future__ import annotations
