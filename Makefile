@@ -59,13 +59,14 @@ lint: $(VENV)/.installed
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q tests/unit tests/e2e
+	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q -m "not slow" tests/unit tests/e2e
 
 # The slower tier CI runs after `make test` (~5 minutes): benchmarks/gpu_run.sh's rotate and s3
 # phases on the CPU (s3 against a real SeaweedFS server), TP=4 on gloo, node ceilings reused,
 # the report on real and fuzzed folders.
 test-slow: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests/slow
+	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q tests/slow
+	PATH=$(abspath $(BIN)):$$PATH:$(abspath .venv-checkov/bin) $(BIN)/python -m pytest -q -m slow tests/unit tests/e2e
 
 # On a GPU machine: the tier CI cannot run (real CUDA loads with every peer).
 test-gpu: $(VENV)/.installed

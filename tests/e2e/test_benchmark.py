@@ -193,6 +193,7 @@ def test_absent_peer_is_reported_not_installed(saved_model, tmp_path):
     assert doc["error"]["type"] == "NotInstalled"
 
 
+@pytest.mark.slow
 def test_save_is_atomic_and_rerunnable(tmp_path):
     path = tmp_path / "m"
     env = {"MODEL_ID": "random/opt-tiny", "MODEL_PATH": str(path), "LIBRARIES": "safetensors",

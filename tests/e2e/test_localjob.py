@@ -131,6 +131,7 @@ def test_a_failed_rank_fails_the_tp_job_and_stops_its_peers(tmp_path):
     assert res.exit_codes == {1: [1], 0: [143]}, "rank 0 got SIGTERM, rank 1 no second attempt"
 
 
+@pytest.mark.slow
 def test_tp_multinode_job_runs_both_ranks_of_the_benchmark(tmp_path):
     """The two pods form ONE group of 2 ranks; only rank 0's pod writes the document."""
     llama = {**CPU, "MODEL_ID": "random/llama-tiny", "LIBRARIES": "safetensors"}
