@@ -276,11 +276,12 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
 
     entries, sections, total = layout(names, header)
     dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
-    pipeline(dest, _chunks(sections, chunk), read, threads, buffers)
+    items = _chunks(sections, chunk)
+    pipeline(dest, items, read, threads, buffers)
     ctx.io_mode = (f"ranged GETs from {remote.describe()}, {threads} in flight, {chunk >> 20} MiB "
                    f"ranges{_ring(ctx, buffers)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
-                    requests=len(_chunks(sections, chunk)) + 2 * len(names))
+                    requests=len(items) + 2 * len(names))
     return assign(model, tensors(dest, entries), ctx.device)
 
 
@@ -310,12 +311,9 @@ def rank_items(entries: list[Entry], sections: list[Section], plan: TPPlan, chun
             shape = e.shape[:dim] + (b[1],) + e.shape[dim + 1:]
             foff, seg, stride = foff + b[0] * step, b[1] * step, e.shape[dim] * step
         nbytes = rows * seg
-        if nbytes:
-            if rows == 1:
-                items += _chunks([(path, foff, total, seg)], chunk)
-            else:
-                items += _row_chunks(path, foff, total, seg, rows, stride, chunk)
-                strided += 1
+        if nbytes:  # one row is one range of the file, cut into chunks like any section
+            items += _row_chunks(path, foff, total, seg, rows, stride, chunk)
+            strided += rows > 1
         placed.append((e.name, e.dtype, shape, total, nbytes))
         total += nbytes + (-nbytes) % ALIGN
     return items, placed, total, strided

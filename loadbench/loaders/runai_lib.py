@@ -24,12 +24,17 @@ def import_package() -> None:
     import runai_model_streamer  # noqa: F401
 
 
-def load(ctx: LoadContext) -> torch.nn.Module:
-    from runai_model_streamer import SafetensorsStreamer
+def _tuning(ctx: LoadContext) -> tuple[dict[str, str | None], str]:
+    """Its environment for these options (recorded in ctx.info), and the options as io_mode says them."""
     env = option_env(ctx.options, ENV)
     ctx.info.update({k: (v if v is not None else "library default") for k, v in env.items()})
-    ctx.io_mode = "buffered reads (page cache), " + ", ".join(
-        f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV)
+    return env, ", ".join(f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV)
+
+
+def load(ctx: LoadContext) -> torch.nn.Module:
+    from runai_model_streamer import SafetensorsStreamer
+    env, tuned = _tuning(ctx)
+    ctx.io_mode = f"buffered reads (page cache), {tuned}"
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     non_blocking = ctx.device.type == "cuda"
@@ -55,16 +60,14 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
     remote = ctx.remote
     if remote is None:
         raise ValueError("runai-streamer.load_s3 needs ctx.remote (a MODEL_URI source)")
-    env = option_env(ctx.options, ENV)
-    ctx.info.update({k: (v if v is not None else "library default") for k, v in env.items()})
+    env, tuned = _tuning(ctx)
     if remote.endpoint_url:
         env.update(AWS_ENDPOINT_URL=remote.endpoint_url, RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING="0")
     key, secret, token = remote.credentials()
     region = getattr(getattr(remote.client, "meta", None), "region_name", None) or "us-east-1"
     creds = S3Credentials(access_key_id=key, secret_access_key=secret, session_token=token,
                           region_name=region, endpoint=remote.endpoint_url)
-    ctx.io_mode = f"native S3 from {remote.describe()}, ranged GETs, " + ", ".join(
-        f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV)
+    ctx.io_mode = f"native S3 from {remote.describe()}, ranged GETs, {tuned}"
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     non_blocking = ctx.device.type == "cuda"
@@ -91,13 +94,9 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
 
 def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     from runai_model_streamer import SafetensorsStreamer
-    env = option_env(ctx.options, ENV)
-    ctx.info.update({k: (v if v is not None else "library default") for k, v in env.items()})
+    env, tuned = _tuning(ctx)
     env["RUNAI_STREAMER_DIST"] = "1"  # its "auto" distributes over NCCL only; gloo needs 1
     env["RUNAI_STREAMER_DIST_GLOBAL"] = "1"  # one group of every rank, not one per host name
-    ctx.io_mode = ("distributed streaming (RUNAI_STREAMER_DIST=1): each rank reads a share of the "
-                   "tensors and broadcasts it, every rank keeps its slices, " + ", ".join(
-                       f"{opt}={ctx.options.get(opt) or 'default'}" for opt in ENV))
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     state: dict[str, torch.Tensor] = {}
@@ -112,7 +111,8 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
                         group_size=inner.get_group_size() if distributed and inner is not None else 1)
         for name, tensor in streamer.get_tensors():
             state[name] = plan.narrow(name, tensor).to(ctx.device).clone()
-    if not distributed:
-        ctx.io_mode = ctx.io_mode.replace("distributed streaming", "distributed streaming asked, NOT used "
-                                          "(every rank read every tensor)", 1)
+    how = ("each rank reads a share of the tensors and broadcasts it" if distributed else
+           "asked, NOT used: every rank read every tensor")
+    ctx.io_mode = (f"distributed streaming (RUNAI_STREAMER_DIST=1): {how}, every rank keeps its "
+                   f"slices, {tuned}")
     return plan.assign(model, state, ctx.device)

@@ -22,14 +22,18 @@ TP_LIBRARIES = [n for n in loaders.NAMES if loaders.get(n).supports_tp and not l
 TENSORS = 21  # random/llama-tiny's state dict
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """random/llama-tiny saved with TP_SIZE=2: per-slice checksums and per-rank tensorizer files."""
-    path = tmp_path_factory.mktemp("tp") / "llama-tiny"
+def save_tp(tmp_path_factory: pytest.TempPathFactory, world: int) -> Path:
+    """random/llama-tiny saved with TP_SIZE=world: per-slice checksums and per-rank tensorizer files."""
+    path = tmp_path_factory.mktemp(f"tp{world}") / "llama-tiny"
     proc = run_script("save_models.py", {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(path),
-                                         "LIBRARIES": "tensorizer,safetensors", "TP_SIZE": "2"})
+                                         "LIBRARIES": "tensorizer,safetensors", "TP_SIZE": str(world)})
     assert proc.returncode == 0, proc.stderr
     return path
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tp(tmp_path_factory, 2)
 
 
 def bench(model: Path, res: Path, **env: str):

@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import result_lines, run_script
-from tests.e2e.test_tp import TENSORS
+from tests.e2e.test_tp import TENSORS, save_tp
 
 
 @pytest.fixture(scope="module")
 def llama4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """random/llama-tiny saved with TP_SIZE=4 (its 4 heads and 172-wide MLP split four ways)."""
-    path = tmp_path_factory.mktemp("tp4") / "llama-tiny"
-    proc = run_script("save_models.py", {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(path),
-                                         "LIBRARIES": "tensorizer,safetensors", "TP_SIZE": "4"})
-    assert proc.returncode == 0, proc.stderr
-    return path
+    return save_tp(tmp_path_factory, 4)
 
 
 def test_tp4_on_gloo_loads_each_ranks_slices_and_records_its_bytes(llama4, tmp_path):
