@@ -55,7 +55,7 @@ def test_help_lists_every_phase() -> None:
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     phases = [line.split()[0] for line in proc.stdout.splitlines() if line[:1].isalpha()]
-    assert {"save", "cold|warm", "fidelity", "smoke", "rotate", "s3"} <= set(phases), proc.stdout
+    assert {"save", "cold|warm", "fidelity", "smoke", "imports", "rotate", "s3"} <= set(phases), proc.stdout
 
 
 @pytest.mark.skipif(_weed() is None, reason="no `weed` binary on PATH or in the venv: "
