@@ -156,7 +156,8 @@ def before() -> None:
     print(f"outside the timed loads: median {st.median(out):.2f} s, range {rng(out, '.2f')}; startup and "
           f"imports median {st.median(p['startup and imports'] for p in ph):.2f}; prepare median "
           f"{st.median(p['prepare'] for p in ph):.2f}\n")
-    smoke = [json.loads(p.read_text()) for p in sorted((HERE / "logs" / "smoke-before" / "r").glob("*/*/*.json"))]
+    smoke_dir = HERE / "logs" / "smoke-before" / "r"
+    smoke = [json.loads(p.read_text()) for p in sorted(smoke_dir.glob("*/*/*.json"))]
     print(f"## Before, this session: {len(smoke)} llama-tiny smoke pods (PYTHONDONTWRITEBYTECODE=1, no "
           f"bytecode prefix, the machine's transformers)\n")
     print("| label | pod total | startup and imports | library import | modeling imports | trials |")
