@@ -36,7 +36,8 @@ class Loader(Protocol):
     """What every loader module provides. A module whose registry entry says `owns_format`
     also has `save(model, tokenizer, folder, shard_bytes)`; one that says `supports_tp` has
     `load_tp(ctx, rank, world, plan)`; one that says `tp_files` has `tp_file(rank, world)`
-    and `save_tp(state, folder, rank, world)`; one that says `reads_s3` has `load_s3(ctx)`.
+    and `save_tp(state, folder, rank, world)`; one that says `reads_s3` has `load_s3(ctx)`;
+    one that says `tp_s3` has `load_tp_s3(ctx, rank, world, plan)`.
     `contract_problems(lib)` checks all of it, both ways (a function without its flag is
     drift too)."""
 
@@ -81,6 +82,7 @@ class Library:
     supports_tp: bool = False  # its module has load_tp(ctx, rank, world, plan)
     tp_files: bool = False     # with TP it reads per-rank files its save_tp() wrote
     reads_s3: bool = False     # its module has load_s3(ctx): reads MODEL_URI itself (ctx.remote)
+    tp_s3: bool = False        # its module has load_tp_s3(ctx, rank, world, plan): TP ranks read it
 
 
 INSTANT_BACKENDS = ("URING", "URING_BUFFERED", "AIO", "AIO_BUFFERED", "MMAP", "CUFILE")
@@ -93,7 +95,7 @@ LIBRARIES: tuple[Library, ...] = (
              Option("verify_hash", "TZR_VERIFY_HASH", "bool",
                     "tensorizer: verify its own per-tensor hashes while loading (timed).", "0")),
             owns_format=True, weight_suffixes=(".tensors",), skip="SKIP_TZR", supports_tp=True,
-            tp_files=True, reads_s3=True),
+            tp_files=True, reads_s3=True, tp_s3=True),
     Library("safetensors", "loadbench.loaders.safetensors_lib", "safetensors", "safetensors", True,
             "safetensors.torch.load_file straight onto the device, assigned into a meta skeleton",
             owns_format=True, weight_suffixes=(".safetensors",), skip="SKIP_ST", shards=True,
@@ -151,7 +153,7 @@ LIBRARIES: tuple[Library, ...] = (
              Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read.", "32M"),
              Option("buffers", "REF_BUFFERS", "int",
                     "reference: pinned buffers in the ring (each chunk_bytes).", "16")),
-            role="instrument", supports_tp=True, reads_s3=True),
+            role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )
 
 BY_NAME = {lib.name: lib for lib in LIBRARIES}
@@ -251,7 +253,8 @@ REQUIRED = (("import_package", 0), ("load", 1))
 BY_FLAG = {"owns_format": (("save", 4),),
            "supports_tp": (("load_tp", 4),),
            "tp_files": (("tp_file", 2), ("save_tp", 4)),
-           "reads_s3": (("load_s3", 1),)}
+           "reads_s3": (("load_s3", 1),),
+           "tp_s3": (("load_tp_s3", 4),)}
 
 
 def _takes(fn: Any, n: int) -> bool:
@@ -291,6 +294,9 @@ def contract_problems(lib: Library, mod: ModuleType | None = None) -> list[str]:
                            f"(nothing would call it)")
     if lib.tp_files and not lib.supports_tp:
         out.append(f"{where}: tp_files=True without supports_tp=True (per-rank files nobody loads)")
+    if lib.tp_s3 and not (lib.supports_tp and lib.reads_s3):
+        out.append(f"{where}: tp_s3=True needs supports_tp=True and reads_s3=True (a TP path and an "
+                   f"object-storage path to combine)")
     if lib.owns_format and not lib.weight_suffixes:
         out.append(f"{where}: owns_format=True with no weight_suffixes (its files would not be found)")
     if lib.role not in get_args(Role):

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from loadbench import models
-from loadbench.loaders.context import LoadContext, TPPlan
+from loadbench.loaders.context import LoadContext, Remote, TPPlan
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
@@ -244,44 +244,74 @@ def load(ctx: LoadContext) -> torch.nn.Module:
 
 # --- object storage (MODEL_URI, S3_CACHE=none) ---------------------------------------------------
 
+class Objects:
+    """Ranged GETs of one object-storage folder (ctx.remote): the reader of the pipeline and the
+    safetensors headers. An item of several spans (a rank's rows of a strided slice) is one GET
+    of the range that covers them, its rows gathered from it: a GET per row would cost a
+    request per few KB. `fetched` counts the bytes asked of the server, the covered gaps too."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote, self.sizes = remote, dict(remote.objects)
+        self.lock = threading.Lock()
+        self.fetched = self.requests = 0
+
+    def _get(self, name: str, offset: int, into: Any) -> None:
+        from loadbench.storage import objectstore
+        n = len(memoryview(into))
+        objectstore.read_ranges(self.remote.object(name), [(offset, n)], [into], concurrency=1,
+                                s3=self.remote.client)
+        with self.lock:
+            self.fetched += n
+            self.requests += 1
+
+    def read(self, src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
+        if len(spans) == 1:
+            self._get(src, spans[0][0], view[:spans[0][1]])
+            return
+        first, end = spans[0][0], max(off + n for off, n in spans)
+        cover = bytearray(end - first)
+        self._get(src, first, cover)
+        pos = 0
+        for off, n in spans:
+            view[pos:pos + n] = cover[off - first:off - first + n]
+            pos += n
+
+    def header(self, name: str) -> tuple[dict[str, Any], int, int]:
+        head = bytearray(8)
+        self._get(name, 0, head)
+        (hlen,) = struct.unpack("<Q", head)
+        body = bytearray(hlen)
+        self._get(name, 8, body)
+        return json.loads(body), 8 + hlen, self.sizes[name] - 8 - hlen
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.remote.objects if name.endswith(".safetensors")]
+
+
+def _remote_shape(ctx: LoadContext) -> tuple[Remote, int, int, int]:
+    """(remote, threads, chunk bytes, ring buffers): as many GETs in flight as the client's pool
+    holds, ranges of S3_PART_BYTES (as the GET ceiling measures), unless the options say."""
+    if ctx.remote is None:
+        raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
+    threads = ctx.options.get("threads") or ctx.remote.concurrency
+    chunk = ctx.options.get("chunk_bytes") or ctx.remote.part_bytes
+    return ctx.remote, threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+
+
 def load_s3(ctx: LoadContext) -> torch.nn.Module:
     """Parallel ranged GETs of the chunks straight into the pinned ring, copied to the device:
     what this network and server allow end to end, nothing written to local storage."""
-    from loadbench.storage import objectstore
-    remote = ctx.remote
-    if remote is None:
-        raise ValueError("reference.load_s3 needs ctx.remote (a MODEL_URI source)")
-    threads = ctx.options.get("threads") or remote.concurrency  # the client's pool holds that many
-    chunk = ctx.options.get("chunk_bytes") or remote.part_bytes  # S3_PART_BYTES, as the GET ceiling
-    buffers = max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    remote, threads, chunk, buffers = _remote_shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
-    names = [name for name, _ in remote.objects if name.endswith(".safetensors")]
-    sizes = dict(remote.objects)
-
-    def read(src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
-        into, pos = [], 0
-        for _, n in spans:
-            into.append(view[pos:pos + n])
-            pos += n
-        objectstore.read_ranges(remote.object(src), list(spans), into, concurrency=1, s3=remote.client)
-
-    def header(name: str) -> tuple[dict[str, Any], int, int]:
-        head = bytearray(8)
-        objectstore.read_ranges(remote.object(name), [(0, 8)], [head], concurrency=1, s3=remote.client)
-        (hlen,) = struct.unpack("<Q", head)
-        body = bytearray(hlen)
-        objectstore.read_ranges(remote.object(name), [(8, hlen)], [body], concurrency=1, s3=remote.client)
-        return json.loads(body), 8 + hlen, sizes[name] - 8 - hlen
-
-    entries, sections, total = layout(names, header)
+    objects = Objects(remote)
+    entries, sections, total = layout(objects.names(), objects.header)
     dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
-    items = _chunks(sections, chunk)
-    pipeline(dest, items, read, threads, buffers)
+    pipeline(dest, _chunks(sections, chunk), objects.read, threads, buffers)
     ctx.io_mode = (f"ranged GETs from {remote.describe()}, {threads} in flight, {chunk >> 20} MiB "
                    f"ranges{_ring(ctx, buffers)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
-                    requests=len(items) + 2 * len(names))
+                    requests=objects.requests, bytes_fetched=objects.fetched)
     return assign(model, tensors(dest, entries), ctx.device)
 
 
@@ -337,4 +367,26 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     strided_tensors=strided, row_spans=sum(len(i[1]) for i in items if len(i[1]) > 1),
                     bytes_read=sum(i[3] for i in items))
+    return plan.assign(model, state, ctx.device)
+
+
+def load_tp_s3(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
+    """Tensor parallel from object storage: only this rank's byte ranges, as ranged GETs; the
+    rows of a strided slice come from one GET each chunk (the gaps between them are fetched
+    too, and counted in bytes_fetched)."""
+    remote, threads, chunk, buffers = _remote_shape(ctx)
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    objects = Objects(remote)
+    entries, sections, _ = layout(objects.names(), objects.header)
+    items, placed, total, strided = rank_items(entries, sections, plan, chunk)
+    dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
+    pipeline(dest, items, objects.read, threads, buffers)
+    state = {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
+    ctx.io_mode = (f"ranged GETs from {remote.describe()} of the rank's bytes only, {threads} in "
+                   f"flight, {chunk >> 20} MiB ranges{_ring(ctx, buffers)}; strided (rowwise) slices "
+                   f"as one covering GET per chunk of rows")
+    ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
+                    strided_tensors=strided, bytes_read=sum(i[3] for i in items),
+                    bytes_fetched=objects.fetched, requests=objects.requests)
     return plan.assign(model, state, ctx.device)

@@ -78,20 +78,26 @@ def load(ctx: LoadContext) -> torch.nn.Module:
 # tensorizer's own S3 path (stream_io): boto3 only presigns the GET; the `curl` binary streams it,
 # and each extra reader is another curl on a byte range of the same URL.
 
-def load_s3(ctx: LoadContext) -> torch.nn.Module:
-    """Presigned with loadbench's own client (its endpoint, region, addressing and session
-    token), so tensorizer's curl streams exactly the object the rest of the run reads; left to
-    itself, tensorizer would fall back to its own default endpoint where none is configured."""
+def _presigned(ctx: LoadContext, name: str) -> tuple[Any, str]:
+    """(a stream of object `name` of ctx.remote, how it is read). Presigned with loadbench's own
+    client (its endpoint, region, addressing and session token), so tensorizer's curl streams
+    exactly the object the rest of the run reads; left to itself, tensorizer would fall back to
+    its own default endpoint where none is configured."""
     from tensorizer import stream_io
+
+    from loadbench.storage.objectstore import parse_uri
     remote = ctx.remote
     if remote is None:
-        raise ValueError("tensorizer.load_s3 needs ctx.remote (a MODEL_URI source)")
-    from loadbench.storage.objectstore import parse_uri
-    obj = parse_uri(remote.object(FILE))
+        raise ValueError("tensorizer's object-storage loads need ctx.remote (a MODEL_URI source)")
+    obj = parse_uri(remote.object(name))
     url = remote.client.generate_presigned_url("get_object", Params={"Bucket": obj.bucket, "Key": obj.prefix},
                                                ExpiresIn=6 * 3600)
-    return _deserialize(ctx, lambda: stream_io.open_stream(url, "rb"),
-                        f"stream_io from {remote.describe()} (a presigned GET streamed by curl)")
+    return (lambda: stream_io.open_stream(url, "rb"),
+            f"stream_io from {remote.describe()} (a presigned GET streamed by curl)")
+
+
+def load_s3(ctx: LoadContext) -> torch.nn.Module:
+    return _deserialize(ctx, *_presigned(ctx, FILE))
 
 
 # --- tensor parallel (TP_SIZE>1) ------------------------------------------------------------
@@ -109,22 +115,36 @@ def save_tp(state: dict[str, torch.Tensor], folder: str, rank: int, world: int) 
     serializer.close()
 
 
-def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
-    """This rank's file, deserialized onto its device, assigned into a meta skeleton."""
+def _deserialize_rank(ctx: LoadContext, plan: TPPlan, source: Any, name: str, reads: str
+                      ) -> torch.nn.Module:
+    """This rank's file (a path or a stream), deserialized onto its device, assigned into a
+    meta skeleton."""
     from tensorizer import TensorDeserializer
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
     if ctx.options.get("num_readers"):
         kwargs["num_readers"] = ctx.options["num_readers"]
-    path = os.path.join(ctx.checkpoint.folder, tp_file(rank, world))
-    deserializer = TensorDeserializer(path, **kwargs)
+    deserializer = TensorDeserializer(source, **kwargs)
     readers = getattr(deserializer, "_num_readers", None)
     ctx.info["num_readers"] = readers
-    ctx.info["file"] = os.path.basename(path)
-    ctx.io_mode = f"buffered reads (page cache) of its per-rank file, {readers} reader(s)"
+    ctx.info["file"] = name
+    ctx.io_mode = f"{reads} of its per-rank file, {readers} reader(s)"
     try:
         state = dict(deserializer.items())
     finally:
         deserializer.close()
     return plan.assign(model, state, ctx.device)
+
+
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
+    name = tp_file(rank, world)
+    return _deserialize_rank(ctx, plan, os.path.join(ctx.checkpoint.folder, name), name,
+                             "buffered reads (page cache)")
+
+
+def load_tp_s3(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
+    """Each rank streams only its own per-rank object: no rank reads another's bytes."""
+    name = tp_file(rank, world)
+    open_stream, reads = _presigned(ctx, name)
+    return _deserialize_rank(ctx, plan, open_stream(), name, reads)

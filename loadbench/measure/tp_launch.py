@@ -54,6 +54,10 @@ class TPJob:
     num_trials: int
     cache_files: list[str]
     rank_files: list[str] | None = None
+    # MODEL_URI read by the ranks themselves (the library's load_tp_s3): the format folder's URI,
+    # the client's requests in flight and range size, its weight objects [(name, bytes), ...].
+    # Never credentials: each rank's client takes them from the pod's environment.
+    remote: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -98,10 +98,15 @@ class Ranks:
     def check(self, lib: str, mod: Any, doc: dict[str, Any]) -> None:
         self.lib = lib
         doc["tp_size"] = self.world
-        if self.cfg.model_uri:
-            raise ConfigError(f"MODEL_URI with TP_SIZE={self.world}: tensor-parallel loads from object "
-                              f"storage are not supported yet; download the checkpoint to MODEL_PATH "
-                              f"(S3_CACHE=node, TP_SIZE=1 once) or use TP_SIZE=1")
+        cfg = self.cfg
+        if cfg.model_uri and not (loaders.get(lib).tp_s3 and cfg.s3_read == "native"
+                                  and cfg.s3_cache == "none"):
+            able = ", ".join(x.name for x in loaders.LIBRARIES if x.tp_s3)
+            raise ConfigError(f"MODEL_URI with TP_SIZE={self.world}: the ranks read object storage "
+                              f"themselves (S3_READ=native, S3_CACHE=none), which {able} can; "
+                              f"{lib!r} with S3_READ={cfg.s3_read}, S3_CACHE={cfg.s3_cache} cannot. "
+                              f"For the others, download the checkpoint to MODEL_PATH first (a pod "
+                              f"with TP_SIZE=1 and S3_CACHE=node) and run TP from there")
         if not loaders.get(lib).supports_tp:
             raise TPNotSupported(f"library {lib!r}: tensor-parallel loading (TP_SIZE={self.world}) is "
                                  f"not supported for this library in loadbench yet; use TP_SIZE=1 for "
@@ -115,12 +120,15 @@ class Ranks:
         self.per_rank = rank_files(ckpt, self.world)
         spec = loaders.get(self.lib)
         if spec.tp_files and len(self.per_rank) != self.world:
-            raise CheckpointError(f"{ckpt.folder} has no per-rank {spec.format} files for TP_SIZE="
+            where = self.cfg.model_uri or ckpt.folder
+            raise CheckpointError(f"{where} has no per-rank {spec.format} files for TP_SIZE="
                                   f"{self.world}: run save_models.py with TP_SIZE={self.world} and "
                                   f"{spec.name} in LIBRARIES")
         if not spec.tp_files:
             self.per_rank = []
         self.files_read = self.per_rank or ckpt.weight_files
+        if self.cfg.model_uri:  # the ranks read the bucket: nothing local for cache modes to act on
+            self.files_read = []
         return self.files_read
 
     def prepare(self, lib: str, mod: Any, options: dict[str, Any], ckpt: Checkpoint,
@@ -135,9 +143,10 @@ class Ranks:
         self.pool = rank_pool(self.state, self.local, device, self.timeout, self.command, own, self.multi)
         self.stage = "setup"
         self.job = self.pool.submit(TPJob(
-            library=lib, label=doc["label"], options=options, model_path=cfg.model_path,
+            library=lib, label=doc["label"], options=options, model_path=ckpt.root,
             format=ckpt.format, model_id=cfg.model_id, dtype=cfg.dtype, cache_mode=cfg.cache_mode,
-            num_trials=cfg.num_trials, cache_files=self.files_read, rank_files=self.per_rank or None))
+            num_trials=cfg.num_trials, cache_files=self.files_read,
+            rank_files=None if cfg.model_uri else (self.per_rank or None), remote=self._remote(ckpt)))
         group = self.pool.group
         doc["tp"] = {"backend": "nccl" if device.type == "cuda" else "gloo",
                      "launcher": "subprocesses with torchrun's variables, one set per pod",
@@ -151,6 +160,18 @@ class Ranks:
                              master_addr=self.multi.addr, ranks=up.get("peers"))
         group.wait(has("ready", self.job), STARTUP_TIMEOUT_S, "setup", job_failed(self.job))
 
+    def _remote(self, ckpt: Checkpoint) -> dict[str, Any] | None:
+        """What the ranks need to read MODEL_URI themselves (the per-rank objects too)."""
+        if not self.cfg.model_uri:
+            return None
+        spec = loaders.get(self.lib)
+        remote = self.source.remote(spec, ckpt)
+        files = ckpt.manifest["formats"][ckpt.format]["files"]
+        objects = [(e["name"], e["bytes"]) for e in files
+                   if e.get("weights") or e.get("tp_size") == self.world]
+        return {"uri": remote.uri, "concurrency": remote.concurrency, "part_bytes": remote.part_bytes,
+                "objects": objects}
+
     def trial(self, i: int) -> tuple[dict[str, Any], int]:
         assert self.pool is not None
         group = self.pool.group
@@ -158,7 +179,8 @@ class Ranks:
         recs = sorted((x for k in range(self.local) for x in
                        next(r for r in group.records[k] if has("trial", self.job, i)([r]))["ranks"]),
                       key=lambda x: x["rank"])
-        one = combine(recs, self.cfg.cache_mode, self.model_bytes, self.doc["ceilings"])
+        one = combine(recs, self.cfg.cache_mode, self.model_bytes, self.doc["ceilings"],
+                      "s3" if self.cfg.model_uri else "local")
         one["library_info"] = dict(one.get("library_info") or {}, trial_timeout_s=self.timeout)
         one["io_mode"] = recs[0].get("io_mode")
         bad_input = one.pop("bad_input", False)
@@ -194,7 +216,8 @@ class Ranks:
         return EXIT_BAD_INPUT if e.bad_input else EXIT_FAILED
 
 
-def combine(recs: Records, mode: str, model_bytes: int, measured: dict[str, Any] | None) -> dict[str, Any]:
+def combine(recs: Records, mode: str, model_bytes: int, measured: dict[str, Any] | None,
+            source: str = "local") -> dict[str, Any]:
     """One trial of the pod from its ranks' records: the pod's time is the slowest rank's."""
     one = trial.new_trial(mode)
     first = recs[0]
@@ -234,7 +257,7 @@ def combine(recs: Records, mode: str, model_bytes: int, measured: dict[str, Any]
                device_copy_bytes=total("bytes"),
                tensors_verified=sum(r.get("tensors_verified") or 0 for r in recs), mismatches=mismatches)
     # Only the read is a limit the ranks share; a host-to-device copy ceiling is per GPU.
-    read = ceilings.limits_for(one["resident_before"] or 0.0)[0]
+    read = ceilings.limits_for(one["resident_before"] or 0.0, source)[0]
     trial.grade(one, read, ((measured or {}).get(read) or {}).get("gbps"))
     if mismatches:
         one["status"] = "mismatch"

@@ -35,7 +35,7 @@ import torch
 
 from loadbench import loaders, machine, models
 from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, CheckpointError, one_line
-from loadbench.loaders.context import LoadContext
+from loadbench.loaders.context import LoadContext, Remote
 from loadbench.measure import trial
 from loadbench.measure.document import error_info, now, where
 from loadbench.measure.tp_launch import POLL_S, TPJob
@@ -102,7 +102,9 @@ class RankWorker:
 
     def setup(self, job: TPJob) -> None:
         self.mod = loaders.require(job.library)
-        self.ckpt = open_checkpoint(job.model_path, job.format, job.model_id, job.dtype)
+        self.remote = remote_for(job.remote)
+        self.ckpt = open_checkpoint(job.model_path, job.format, job.model_id, job.dtype,
+                                    files=self.remote is None)
         self.plan = RankPlan.from_manifest(self.ckpt.manifest, self.rank, self.world)
         self.dtype = models.DTYPES[job.dtype]
         self.options = job.options
@@ -133,12 +135,13 @@ class RankWorker:
                                "index_in_process": self.loads, **self.who}
         self.loads += 1
         if self.local == 0:  # the pod's first rank, for its node's page cache
-            rec["resident_all"] = trial.prepare_cache(mode, self.files, rec)
+            rec["resident_all"] = trial.prepare_cache(mode, self.files, rec) if self.files else 0.0
         self.barrier()
-        rec["resident_before"] = cache.residency(self.own)
-        ctx = LoadContext(self.ckpt, self.device, self.dtype, self.options)
+        rec["resident_before"] = cache.residency(self.own) if self.own else 0.0  # from the bucket: none
+        ctx = LoadContext(self.ckpt, self.device, self.dtype, self.options, remote=self.remote)
         self.barrier()
-        load = trial.TimedLoad(ctx).run(self.mod.load_tp, self.rank, self.world, self.plan)
+        load = trial.TimedLoad(ctx).run(self.mod.load_tp_s3 if self.remote else self.mod.load_tp,
+                                        self.rank, self.world, self.plan)
         self.barrier()  # the clock of the pod stops when the slowest rank has loaded
         rec.update(io_mode=ctx.io_mode, library_info=ctx.info, started_at=load.started_at,
                    barrier_s=time.perf_counter() - load.start)
@@ -165,6 +168,17 @@ class RankWorker:
         with contextlib.suppress(Exception):
             self.barrier()
             self.dist.destroy_process_group()
+
+
+def remote_for(spec: dict[str, Any] | None) -> Remote | None:
+    """The job's object-storage folder, with this rank's own client (credentials from the pod's
+    environment, as the pod's client has them)."""
+    if not spec:
+        return None
+    from loadbench.storage import objectstore
+    return Remote(uri=spec["uri"], client=objectstore.client(concurrency=spec["concurrency"]),
+                  endpoint_url=objectstore.endpoint_from_env(), concurrency=spec["concurrency"],
+                  part_bytes=spec["part_bytes"], objects=tuple((n, b) for n, b in spec["objects"]))
 
 
 def next_job(folder: str, k: int) -> TPJob | None:

@@ -122,3 +122,44 @@ def test_an_unreachable_endpoint_is_transient(uploaded, tmp_path):
     gone = S3Server(f"http://127.0.0.1:{free_port()}")
     proc = bench(uri, gone, tmp_path / "pod", tmp_path / "res", LIBRARIES="safetensors")
     assert proc.returncode == 3, proc.stderr
+
+
+def test_tp_ranks_read_only_their_own_bytes_from_the_bucket(s3_server: S3Server, tmp_path):
+    """TP_SIZE=2 from MODEL_URI: tensorizer's ranks each stream their per-rank object, the
+    reference's ranks GET only their ranges (rows of a strided slice in one covering GET); every
+    slice verified, nothing written locally. A library that cannot is refused, exit 2."""
+    bucket = s3_server.create_bucket("tpckpt")
+    uri = f"s3://{bucket}/models/llama-tiny"
+    saved = run_script("save_models.py", {**s3_server.env(), "MODEL_ID": "random/llama-tiny",
+                                          "MODEL_PATH": str(tmp_path / "save"), "MODEL_URI": uri,
+                                          "LIBRARIES": "tensorizer,safetensors", "TP_SIZE": "2"})
+    assert saved.returncode == 0, saved.stderr
+    pod = tmp_path / "pod"
+    env = {**s3_server.env(), "MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(pod), "MODEL_URI": uri,
+           "RES_PATH": str(tmp_path / "res"), "TP_SIZE": "2", "SKIP_INFERENCE": "1", "CEILINGS": "0",
+           "CACHE_MODE": "cold"}
+    proc = run_script("deserialize_benchmark.py", {**env, "LIBRARIES": "tensorizer,reference"}, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    by = {d["library"]: d for d in result_lines(proc.stdout)}
+    assert sorted(by) == ["reference", "tensorizer"]
+    for lib, doc in by.items():
+        assert not schema.problems(doc), schema.problems(doc)
+        assert doc["tp_size"] == 2 and doc["source"]["read"] == "native", lib
+        assert s3_server.secret_key not in str(doc)
+        (trial,) = doc["trials"]
+        assert trial["status"] == "ok" and not trial["mismatches"], (lib, trial.get("error"))
+        assert [r["rank"] for r in trial["ranks"]] == [0, 1]
+        assert all(r["status"] == "ok" and r["tensors_verified"] > 0 for r in trial["ranks"])
+        assert trial["resident_before"] is None or trial["resident_before"] == 0.0
+        assert "from " in doc["io_mode"] and ("GET" in doc["io_mode"] or "stream_io" in doc["io_mode"])
+    assert by["tensorizer"]["trials"][0]["library_info"]["file"] == "rank-0-of-2.tensors"
+    ref = by["reference"]["trials"][0]["library_info"]  # rank 0's
+    model_bytes = by["reference"]["model"]["bytes"]
+    assert ref["strided_tensors"] > 0 and ref["bytes_read"] < 0.75 * model_bytes  # about half
+    assert ref["bytes_read"] <= ref["bytes_fetched"] < model_bytes  # gaps of covered rows, never all
+    assert not list(pod.glob("**/*.tensors")) and not list(pod.glob("**/*.safetensors"))
+
+    refused = run_script("deserialize_benchmark.py", {**env, "LIBRARIES": "safetensors"}, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "TP_SIZE=2" in last and "tensorizer, reference" in last, last
