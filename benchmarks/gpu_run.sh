@@ -91,6 +91,10 @@ CONFIGS=(
   "instanttensor-buffered|LIBRARIES=instanttensor IT_BACKEND=URING_BUFFERED"
   "flashpack|LIBRARIES=flashpack"
   "reference|LIBRARIES=reference"
+  # the instrument's ring pinned as InstantTensor pins its own (cudaHostRegister), then also with
+  # its 8 MiB chunks (a 128 MiB ring instead of 512 MiB): is pinning what the reference loses?
+  "reference-register|LIBRARIES=reference REF_PIN=REGISTER"
+  "reference-register-8m|LIBRARIES=reference REF_PIN=REGISTER REF_CHUNK_BYTES=8M"
 )
 # label | env for a configuration that reads the checkpoint from object storage (phase s3)
 S3_CONFIGS=(

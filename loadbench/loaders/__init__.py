@@ -152,7 +152,12 @@ LIBRARIES: tuple[Library, ...] = (
             (Option("threads", "REF_THREADS", "int", "reference: reader threads.", "8"),
              Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read.", "32M"),
              Option("buffers", "REF_BUFFERS", "int",
-                    "reference: pinned buffers in the ring (each chunk_bytes).", "16")),
+                    "reference: pinned buffers in the ring (each chunk_bytes).", "16"),
+             Option("pin", "REF_PIN", "choice",
+                    "reference: how the ring is pinned, one allocation either way: ALLOC "
+                    "(cudaHostAlloc, torch's pinned allocator) or REGISTER (cudaHostRegister of "
+                    "an ordinary allocation, as InstantTensor does).", "ALLOC",
+                    choices=("ALLOC", "REGISTER"))),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )
 

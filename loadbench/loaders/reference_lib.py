@@ -27,6 +27,7 @@ import os
 import queue
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -127,28 +128,71 @@ def _host_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(array)
 
 
-def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, buffers: int) -> None:
+PAGE = 4096
+PINS = ("alloc", "register")
+
+
+class HostRing:
+    """The pinned staging buffers, one host allocation for every reader thread, pinned once:
+    `alloc` asks torch for pinned memory (cudaHostAlloc through its caching host allocator);
+    `register` page-locks an ordinary page-aligned allocation with cudaHostRegister, as
+    InstantTensor does (its source says that is faster). Either way the pinning is inside the
+    timed load, as it is for any library, and its time is recorded (`ring_s`)."""
+
+    def __init__(self, slots: int, size: int, pin: str) -> None:
+        if pin not in PINS:
+            raise ValueError(f"pin {pin!r}: one of {', '.join(PINS)}")
+        start = time.perf_counter()
+        self.pin, self.size, self.nbytes = pin, size, slots * size
+        self._registered: int | None = None
+        if pin == "register":
+            raw = torch.empty(self.nbytes + PAGE, dtype=torch.uint8)
+            at = (-raw.data_ptr()) % PAGE
+            self.host = raw[at:at + self.nbytes]
+            code = int(torch.cuda.cudart().cudaHostRegister(self.host.data_ptr(), self.nbytes, 0))
+            if code != 0:
+                raise RuntimeError(f"cudaHostRegister of the {self.nbytes >> 20} MiB ring failed "
+                                   f"(cudaError {code}); REF_PIN=alloc pins with cudaHostAlloc instead")
+            self._registered = self.host.data_ptr()
+        else:
+            self.host = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=True)
+        self.seconds = time.perf_counter() - start
+
+    def slot(self, i: int) -> torch.Tensor:
+        return self.host[i * self.size:(i + 1) * self.size]
+
+    def close(self) -> None:
+        """After every copy out of the ring has finished."""
+        if self._registered is not None:
+            torch.cuda.cudart().cudaHostUnregister(self._registered)
+            self._registered = None
+
+
+def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, buffers: int,
+             pin: str = "alloc") -> dict[str, Any]:
     """Fill `dest` (uint8, on any device) with the items' bytes: `threads` readers, each with its
-    own share of a pinned ring and its own CUDA stream."""
+    own share of one pinned ring and its own CUDA stream. Returns what the ring cost."""
     items = [item for item in items if item[3]]
     if not items:
-        return
+        return {}
     work: queue.SimpleQueue = queue.SimpleQueue()
     for item in items:
         work.put(item)
     size = max(item[3] for item in items)
     errors: list[BaseException] = []
     cuda = dest.device.type == "cuda"
+    threads = min(threads, len(items))
     per_thread = max(1, buffers // threads)
+    ring = HostRing(per_thread * threads, size, pin) if cuda else None
 
-    def worker() -> None:
+    def worker(t: int) -> None:
         stream = None
         try:
-            if cuda:
+            if ring is not None:
                 torch.cuda.set_device(dest.device)  # a new thread is on device 0: no context there
                 stream = torch.cuda.Stream(device=dest.device)
                 stream.wait_stream(torch.cuda.current_stream(dest.device))  # dest is allocated
-                ring = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(per_thread)]
+                mine = [ring.slot(t * per_thread + j) for j in range(per_thread)]
                 events: list[torch.cuda.Event | None] = [None] * per_thread
                 i = 0
             while not errors:
@@ -156,14 +200,14 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                     src, spans, doff, n = work.get_nowait()
                 except queue.Empty:
                     break
-                if not cuda:
+                if ring is None:
                     read(src, spans, _host_bytes(dest[doff:doff + n]))
                     continue
                 slot = i % per_thread
                 previous = events[slot]
                 if previous is not None:
                     previous.synchronize()  # the copy out of this buffer is done
-                buf = ring[slot][:n]
+                buf = mine[slot][:n]
                 read(src, spans, _host_bytes(buf))
                 with torch.cuda.stream(stream):
                     dest[doff:doff + n].copy_(buf, non_blocking=True)
@@ -177,13 +221,18 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
             if stream is not None:
                 stream.synchronize()  # no copy into dest is in flight when the caller returns
 
-    pool = [threading.Thread(target=worker, daemon=True) for _ in range(min(threads, len(items)))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    try:
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+    finally:
+        if ring is not None:
+            ring.close()
     if errors:
         raise errors[0]
+    return {"ring_s": ring.seconds, "ring_bytes": ring.nbytes, "pin": pin} if ring is not None else {}
 
 
 class LocalFiles:
@@ -208,36 +257,40 @@ class LocalFiles:
 
 
 def read_into(dest: torch.Tensor, sections: list[Section], threads: int, chunk: int,
-              buffers: int) -> None:
+              buffers: int, pin: str = "alloc") -> dict[str, Any]:
     """Fill `dest` (uint8, on any device) with the local sections' bytes."""
     with LocalFiles([s[0] for s in sections]) as read:
-        pipeline(dest, _chunks(sections, chunk), read, threads, buffers)
+        return pipeline(dest, _chunks(sections, chunk), read, threads, buffers, pin)
 
 
 def tensors(dest: torch.Tensor, entries: list[Entry]) -> dict[str, torch.Tensor]:
     return {e.name: dest[e.start:e.start + e.nbytes].view(e.dtype).view(e.shape) for e in entries}
 
 
-def _shape(ctx: LoadContext) -> tuple[int, int, int]:
-    """(threads, chunk bytes, ring buffers) from the options; the ring has a buffer per thread."""
+def _shape(ctx: LoadContext) -> tuple[int, int, int, str]:
+    """(threads, chunk bytes, ring buffers, pinning) from the options; the ring has a buffer per
+    thread."""
     threads = ctx.options.get("threads") or DEFAULT_THREADS
     chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
-    return threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    return (threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads),
+            (ctx.options.get("pin") or "alloc").lower())
 
 
-def _ring(ctx: LoadContext, buffers: int) -> str:
-    return f", {buffers} pinned buffers" if ctx.device.type == "cuda" else ", straight into memory"
+def _ring(ctx: LoadContext, buffers: int, pin: str) -> str:
+    how = "cudaHostRegister" if pin == "register" else "cudaHostAlloc"
+    return (f", {buffers} pinned buffers ({how})" if ctx.device.type == "cuda"
+            else ", straight into memory")
 
 
 def load(ctx: LoadContext) -> torch.nn.Module:
-    threads, chunk, buffers = _shape(ctx)
+    threads, chunk, buffers, pin = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     entries, sections, total = layout(weight_files(ctx.checkpoint.folder))
     dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
-    read_into(dest, sections, threads, chunk, buffers)
+    ctx.info.update(read_into(dest, sections, threads, chunk, buffers, pin))
     ctx.io_mode = (f"buffered preadv (page cache), {threads} threads, {chunk >> 20} MiB chunks"
-                   f"{_ring(ctx, buffers)}")
+                   f"{_ring(ctx, buffers, pin)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total)
     return assign(model, tensors(dest, entries), ctx.device)
 
@@ -288,28 +341,30 @@ class Objects:
         return [name for name, _ in self.remote.objects if name.endswith(".safetensors")]
 
 
-def _remote_shape(ctx: LoadContext) -> tuple[Remote, int, int, int]:
-    """(remote, threads, chunk bytes, ring buffers): as many GETs in flight as the client's pool
-    holds, ranges of S3_PART_BYTES (as the GET ceiling measures), unless the options say."""
+def _remote_shape(ctx: LoadContext) -> tuple[Remote, int, int, int, str]:
+    """(remote, threads, chunk bytes, ring buffers, pinning): as many GETs in flight as the
+    client's pool holds, ranges of S3_PART_BYTES (as the GET ceiling measures), unless the
+    options say."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
     threads = ctx.options.get("threads") or ctx.remote.concurrency
     chunk = ctx.options.get("chunk_bytes") or ctx.remote.part_bytes
-    return ctx.remote, threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads)
+    return (ctx.remote, threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads),
+            (ctx.options.get("pin") or "alloc").lower())
 
 
 def load_s3(ctx: LoadContext) -> torch.nn.Module:
     """Parallel ranged GETs of the chunks straight into the pinned ring, copied to the device:
     what this network and server allow end to end, nothing written to local storage."""
-    remote, threads, chunk, buffers = _remote_shape(ctx)
+    remote, threads, chunk, buffers, pin = _remote_shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     objects = Objects(remote)
     entries, sections, total = layout(objects.names(), objects.header)
     dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
-    pipeline(dest, _chunks(sections, chunk), objects.read, threads, buffers)
+    ctx.info.update(pipeline(dest, _chunks(sections, chunk), objects.read, threads, buffers, pin))
     ctx.io_mode = (f"ranged GETs from {remote.describe()}, {threads} in flight, {chunk >> 20} MiB "
-                   f"ranges{_ring(ctx, buffers)}")
+                   f"ranges{_ring(ctx, buffers, pin)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     requests=objects.requests, bytes_fetched=objects.fetched)
     return assign(model, tensors(dest, entries), ctx.device)
@@ -351,7 +406,7 @@ def rank_items(entries: list[Entry], sections: list[Section], plan: TPPlan, chun
 
 def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Tensor parallel: only this rank's byte ranges, through the same reader pipeline."""
-    threads, chunk, buffers = _shape(ctx)
+    threads, chunk, buffers, pin = _shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     paths = weight_files(ctx.checkpoint.folder)
@@ -359,10 +414,10 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
     items, placed, total, strided = rank_items(entries, sections, plan, chunk)
     dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
     with LocalFiles(paths) as read:
-        pipeline(dest, items, read, threads, buffers)
+        ctx.info.update(pipeline(dest, items, read, threads, buffers, pin))
     state = {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
     ctx.io_mode = (f"buffered preadv (page cache) of the rank's bytes only, {threads} threads, "
-                   f"{chunk >> 20} MiB chunks{_ring(ctx, buffers)}; strided (rowwise) slices read "
+                   f"{chunk >> 20} MiB chunks{_ring(ctx, buffers, pin)}; strided (rowwise) slices read "
                    f"as one span per row")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     strided_tensors=strided, row_spans=sum(len(i[1]) for i in items if len(i[1]) > 1),
@@ -374,17 +429,17 @@ def load_tp_s3(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.n
     """Tensor parallel from object storage: only this rank's byte ranges, as ranged GETs; the
     rows of a strided slice come from one GET each chunk (the gaps between them are fetched
     too, and counted in bytes_fetched)."""
-    remote, threads, chunk, buffers = _remote_shape(ctx)
+    remote, threads, chunk, buffers, pin = _remote_shape(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     objects = Objects(remote)
     entries, sections, _ = layout(objects.names(), objects.header)
     items, placed, total, strided = rank_items(entries, sections, plan, chunk)
     dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
-    pipeline(dest, items, objects.read, threads, buffers)
+    ctx.info.update(pipeline(dest, items, objects.read, threads, buffers, pin))
     state = {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
     ctx.io_mode = (f"ranged GETs from {remote.describe()} of the rank's bytes only, {threads} in "
-                   f"flight, {chunk >> 20} MiB ranges{_ring(ctx, buffers)}; strided (rowwise) slices "
+                   f"flight, {chunk >> 20} MiB ranges{_ring(ctx, buffers, pin)}; strided (rowwise) slices "
                    f"as one covering GET per chunk of rows")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     strided_tensors=strided, bytes_read=sum(i[3] for i in items),

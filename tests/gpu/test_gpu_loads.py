@@ -32,3 +32,22 @@ def test_every_library_loads_onto_the_gpu_verified(tmp_path, mode):
     for d in docs:
         assert d["device"]["type"] == "cuda" and d["io_mode"], d["label"]
         assert all(t["status"] == "ok" and t["first_token_s"] for t in d["trials"]), d["label"]
+
+
+@pytest.mark.parametrize("pin", ["ALLOC", "REGISTER"])
+def test_the_reference_ring_pins_either_way_and_says_what_it_cost(tmp_path, pin):
+    """REF_PIN: cudaHostAlloc or cudaHostRegister of one ring; every tensor verified, the ring's
+    size and pinning time recorded (the pinning is inside the timed load)."""
+    env = {"MODEL_ID": "random/llama-tiny", "MODEL_PATH": str(tmp_path / "m"), "DEVICE": "cuda",
+           "LIBRARIES": "reference"}
+    assert run_script("save_models.py", {**env, "LIBRARIES": "safetensors"}).returncode == 0
+    proc = run_script("deserialize_benchmark.py", {**env, "RES_PATH": str(tmp_path / "res"),
+                                                   "REF_PIN": pin, "SKIP_INFERENCE": "1",
+                                                   "CEILINGS": "0", "NUM_TRIALS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    (doc,) = schema.read_many(str(tmp_path / "res"))[0]
+    assert ("cudaHostRegister" if pin == "REGISTER" else "cudaHostAlloc") in doc["io_mode"]
+    for t in doc["trials"]:
+        info = t["library_info"]
+        assert t["status"] == "ok" and info["pin"] == pin.lower()
+        assert info["ring_bytes"] > 0 and 0 < info["ring_s"] < t["total_s"]
