@@ -28,13 +28,16 @@ RUN apt-get update \
 # torch comes with the base image; every range in requirements.txt accepts it (instanttensor
 # needs torch >= 2.8, hence this base), so pip installs nothing CUDA-sized on top.
 COPY requirements.txt requirements-peers.txt ./
-RUN pip install --no-cache-dir -r requirements.txt -r requirements-peers.txt
-# Bytecode for every installed package, the base image's too: with PYTHONDONTWRITEBYTECODE=1 a
-# package without .pyc is compiled again by every pod (measured on a machine whose sympy and torch
-# had none: 6-12 s of imports per pod instead of ~3, docs/results/2026-12-03-h200-llama-2-7b).
-# Files compiled already are skipped; the status is ignored because some packages ship files that
-# are not Python 3 (templates, test fixtures) and are never imported.
-RUN python -m compileall -q -j 0 "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
+# Bytecode for the standard library and every installed package, the base image's too: with
+# PYTHONDONTWRITEBYTECODE=1 a module without .pyc is compiled again by every pod (measured on a
+# machine whose sympy and torch had none: 6-12 s of imports per pod instead of ~3,
+# docs/results/2026-12-03-h200-llama-2-7b). Files compiled already are skipped; a file that does
+# not compile is not an error, since some packages ship files that are not Python 3 (templates,
+# test fixtures) and are never imported. tests/image checks that every module a pod imports has its
+# bytecode.
+RUN pip install --no-cache-dir -r requirements.txt -r requirements-peers.txt \
+ && python -c 'import compileall, sysconfig; p = sysconfig.get_paths(); \
+[compileall.compile_dir(d, quiet=2, workers=0) for d in dict.fromkeys(p[k] for k in ("stdlib", "purelib", "platlib"))]'
 
 # Non-root, with a home for library caches (mounted as an emptyDir in the Jobs,
 # so the root filesystem can stay read-only).
