@@ -35,9 +35,12 @@ COPY requirements.txt requirements-peers.txt ./
 # not compile is not an error, since some packages ship files that are not Python 3 (templates,
 # test fixtures) and are never imported. tests/image checks that every module a pod imports has its
 # bytecode.
+# Timestamp-checked, as pip writes them (SOURCE_DATE_EPOCH would otherwise make hash-checked .pyc,
+# which hash their source at every import).
 RUN pip install --no-cache-dir -r requirements.txt -r requirements-peers.txt \
- && python -c 'import compileall, sysconfig; p = sysconfig.get_paths(); \
-[compileall.compile_dir(d, quiet=2, workers=0) for d in dict.fromkeys(p[k] for k in ("stdlib", "purelib", "platlib"))]'
+ && python -c 'import compileall, py_compile, sysconfig; p = sysconfig.get_paths(); \
+[compileall.compile_dir(d, quiet=2, workers=0, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP) \
+ for d in dict.fromkeys(p[k] for k in ("stdlib", "purelib", "platlib"))]'
 
 # Non-root, with a home for library caches (mounted as an emptyDir in the Jobs,
 # so the root filesystem can stay read-only).

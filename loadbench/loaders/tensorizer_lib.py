@@ -51,22 +51,36 @@ def _untied(model: torch.nn.Module) -> Iterator[None]:
             module._parameters[name] = param
 
 
-def _deserialize(ctx: LoadContext, source: Callable[[], Any], reads: str) -> torch.nn.Module:
-    """A skeleton, then TensorDeserializer from what `source()` opens (a path or a stream)."""
+@contextlib.contextmanager
+def _deserializer(ctx: LoadContext, source: Callable[[], Any], reads: str) -> Iterator[Any]:
+    """TensorDeserializer over what `source()` opens (a path, or a stream opened only now, after
+    the skeleton), closed however the load ends; a stream the constructor refused is closed too."""
     from tensorizer import TensorDeserializer
-    model = models.skeleton(ctx.config, ctx.dtype)
-    ctx.mark("skeleton")
     kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
     if ctx.options.get("num_readers"):
         kwargs["num_readers"] = ctx.options["num_readers"]
-    deserializer = TensorDeserializer(source(), **kwargs)
+    opened = source()
+    try:
+        deserializer = TensorDeserializer(opened, **kwargs)
+    except BaseException:
+        if hasattr(opened, "close"):
+            opened.close()
+        raise
     readers = getattr(deserializer, "_num_readers", None)
     ctx.info["num_readers"] = readers
     ctx.io_mode = f"{reads}, {readers} reader(s)"
     try:
-        deserializer.load_into_module(model)
+        yield deserializer
     finally:
         deserializer.close()
+
+
+def _deserialize(ctx: LoadContext, source: Callable[[], Any], reads: str) -> torch.nn.Module:
+    """A skeleton, then the whole file loaded into it."""
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    with _deserializer(ctx, source, reads) as deserializer:
+        deserializer.load_into_module(model)
     return models.finish(model, ctx.device)
 
 
@@ -79,7 +93,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
 # and each extra reader is another curl on a byte range of the same URL.
 
 def _presigned(ctx: LoadContext, name: str) -> tuple[Any, str]:
-    """(a stream of object `name` of ctx.remote, how it is read). Presigned with loadbench's own
+    """(what opens a stream of object `name` of ctx.remote, how it is read). Presigned with loadbench's own
     client (its endpoint, region, addressing and session token), so tensorizer's curl streams
     exactly the object the rest of the run reads; left to itself, tensorizer would fall back to
     its own default endpoint where none is configured."""
@@ -115,36 +129,25 @@ def save_tp(state: dict[str, torch.Tensor], folder: str, rank: int, world: int) 
     serializer.close()
 
 
-def _deserialize_rank(ctx: LoadContext, plan: TPPlan, source: Any, name: str, reads: str
+def _deserialize_rank(ctx: LoadContext, plan: TPPlan, source: Callable[[], Any], name: str, reads: str
                       ) -> torch.nn.Module:
-    """This rank's file (a path or a stream), deserialized onto its device, assigned into a
-    meta skeleton."""
-    from tensorizer import TensorDeserializer
+    """This rank's file, deserialized onto its device, assigned into a meta skeleton."""
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
-    kwargs: dict[str, Any] = {"device": ctx.device, "verify_hash": bool(ctx.options.get("verify_hash"))}
-    if ctx.options.get("num_readers"):
-        kwargs["num_readers"] = ctx.options["num_readers"]
-    deserializer = TensorDeserializer(source, **kwargs)
-    readers = getattr(deserializer, "_num_readers", None)
-    ctx.info["num_readers"] = readers
     ctx.info["file"] = name
-    ctx.io_mode = f"{reads} of its per-rank file, {readers} reader(s)"
-    try:
+    with _deserializer(ctx, source, f"{reads} of its per-rank file") as deserializer:
         state = dict(deserializer.items())
-    finally:
-        deserializer.close()
     return plan.assign(model, state, ctx.device)
 
 
 def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     name = tp_file(rank, world)
-    return _deserialize_rank(ctx, plan, os.path.join(ctx.checkpoint.folder, name), name,
+    return _deserialize_rank(ctx, plan, lambda: os.path.join(ctx.checkpoint.folder, name), name,
                              "buffered reads (page cache)")
 
 
 def load_tp_s3(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Each rank streams only its own per-rank object: no rank reads another's bytes."""
     name = tp_file(rank, world)
-    open_stream, reads = _presigned(ctx, name)
-    return _deserialize_rank(ctx, plan, open_stream(), name, reads)
+    opener, reads = _presigned(ctx, name)
+    return _deserialize_rank(ctx, plan, opener, name, reads)

@@ -5,8 +5,8 @@ MODEL_PATH as saved. An `S3Source` (MODEL_URI) reads only the manifest and
 config before the trials (untimed: what a pod needs to know what it loads),
 then for every trial brings the weights local inside the clock, with the
 download recorded as its own phase, "download then load" as users do today:
-S3_CACHE=none downloads into MODEL_PATH each time (removed before the next
-trial, so every trial downloads); S3_CACHE=node goes through the node cache
+S3_CACHE=none downloads into this pod's own folder under MODEL_PATH each time
+(removed before the next trial, so every trial downloads); S3_CACHE=node goes through the node cache
 (storage/nodecache.py): the first pod on a node fills it, later pods read it.
 A library that reads object storage itself (registry `reads_s3`) gets a `Remote`
 instead, with S3_CACHE=none and S3_READ=native, and nothing is written locally.
@@ -14,8 +14,11 @@ instead, with S3_CACHE=none and S3_READ=native, and nothing is written locally.
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import shutil
+import socket
 from typing import Any, Protocol
 
 from loadbench import config
@@ -62,11 +65,20 @@ class LocalSource:
 
 
 class S3Source:
+    """Pods sharing one MODEL_PATH (a ReadWriteMany claim, the pods of a multi-node TP group)
+    must not share what each downloads for itself: the manifest and config, and with
+    S3_CACHE=none every trial's download, go to this pod's own folder under MODEL_PATH,
+    removed when the pod ends. Only the node cache (S3_CACHE=node) is shared, under its lock."""
+
     def __init__(self, cfg: config.Settings) -> None:
         from loadbench.storage import objectstore
         self.cfg, self.uri = cfg, cfg.model_uri
         self.s3 = objectstore.client(concurrency=cfg.s3_concurrency)
-        self.meta = os.path.join(cfg.model_path, ".loadbench-source")  # manifest and config only
+        pod = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{socket.gethostname()}-{os.getpid()}")
+        self.own = os.path.join(cfg.model_path, ".loadbench-pods", pod)
+        self.meta = os.path.join(self.own, "source")  # manifest and config only
+        self.download = os.path.join(self.own, "download")  # S3_CACHE=none: each trial's
+        atexit.register(shutil.rmtree, self.own, True)
 
     def open(self, fmt: str) -> Checkpoint:
         from loadbench.storage import objectstore
@@ -78,7 +90,7 @@ class S3Source:
     def _local(self, ckpt: Checkpoint) -> Checkpoint | None:
         from loadbench.storage import nodecache
         root = (nodecache.entry_path(self.cfg.model_path, self.uri) if self.cfg.s3_cache == "node"
-                else self.cfg.model_path)
+                else self.download)
         try:
             return open_checkpoint(root, ckpt.format, self.cfg.model_id, self.cfg.dtype)
         except Exception:
@@ -86,14 +98,16 @@ class S3Source:
 
     def local_files(self, ckpt: Checkpoint) -> list[str]:
         if self.cfg.s3_cache == "none":  # every trial downloads: nothing of the last one is kept
-            shutil.rmtree(os.path.join(self.cfg.model_path, ckpt.format), ignore_errors=True)
+            shutil.rmtree(os.path.join(self.download, ckpt.format), ignore_errors=True)
             return []
         local = self._local(ckpt)
         return local.weight_files if local else []
 
     def fetch(self, ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, Any]] | None:
         from loadbench.storage import nodecache
-        root, got = nodecache.fetch(self.uri, self.cfg.model_path, self.cfg.s3_cache, formats=[ckpt.format],
+        node = self.cfg.s3_cache == "node"
+        root, got = nodecache.fetch(self.uri, self.cfg.model_path if node else self.download,
+                                    self.cfg.s3_cache, formats=[ckpt.format],
                                     concurrency=self.cfg.s3_concurrency, part_bytes=self.cfg.s3_part_bytes,
                                     s3=self.s3)
         plain = {k: v for k, v in got.items() if isinstance(v, (str, int, float, bool)) or v is None}

@@ -176,9 +176,13 @@ def remote_for(spec: dict[str, Any] | None) -> Remote | None:
     if not spec:
         return None
     from loadbench.storage import objectstore
-    return Remote(uri=spec["uri"], client=objectstore.client(concurrency=spec["concurrency"]),
-                  endpoint_url=objectstore.endpoint_from_env(), concurrency=spec["concurrency"],
-                  part_bytes=spec["part_bytes"], objects=tuple((n, b) for n, b in spec["objects"]))
+    remote = Remote(uri=spec["uri"], client=objectstore.client(concurrency=spec["concurrency"]),
+                    endpoint_url=objectstore.endpoint_from_env(), concurrency=spec["concurrency"],
+                    part_bytes=spec["part_bytes"], objects=tuple((n, b) for n, b in spec["objects"]))
+    if remote.objects:  # credentials found and a connection made now, not inside the first load
+        first = objectstore.parse_uri(remote.object(remote.objects[0][0]))
+        remote.client.head_object(Bucket=first.bucket, Key=first.prefix)
+    return remote
 
 
 def next_job(folder: str, k: int) -> TPJob | None:

@@ -158,8 +158,32 @@ def test_tp_ranks_read_only_their_own_bytes_from_the_bucket(s3_server: S3Server,
     assert ref["strided_tensors"] > 0 and ref["bytes_read"] < 0.75 * model_bytes  # about half
     assert ref["bytes_read"] <= ref["bytes_fetched"] < model_bytes  # gaps of covered rows, never all
     assert not list(pod.glob("**/*.tensors")) and not list(pod.glob("**/*.safetensors"))
+    # each pod's manifest and downloads were its own (pods may share MODEL_PATH), gone at its end
+    assert not list((pod / ".loadbench-pods").glob("*")), list((pod / ".loadbench-pods").glob("*"))
 
     refused = run_script("deserialize_benchmark.py", {**env, "LIBRARIES": "safetensors"}, timeout=120)
     assert refused.returncode == 2, refused.stderr
     last = refused.stderr.strip().splitlines()[-1]
     assert "TP_SIZE=2" in last and "tensorizer, reference" in last, last
+
+
+def test_the_references_strided_rows_come_in_covering_gets_of_at_most_a_part(s3_server: S3Server):
+    """A rank's rows of a strided slice: grouped into GETs no larger than S3_PART_BYTES (never a
+    GET per row, never one unbounded cover), the rows gathered back to back, gaps counted."""
+    from loadbench.loaders.context import Remote
+    from loadbench.loaders.reference_lib import Objects
+    bucket = s3_server.create_bucket("rows")
+    body = bytes(range(256)) * 64  # 16 KiB, byte i is i % 256
+    s3_server.client().put_object(Bucket=bucket, Key="m/f/x.safetensors", Body=body)
+    remote = Remote(uri=f"s3://{bucket}/m/f", client=s3_server.client(), endpoint_url=s3_server.endpoint,
+                    concurrency=1, part_bytes=1024, objects=(("x.safetensors", len(body)),))
+    objects = Objects(remote)
+    spans = tuple((100 + r * 300, 40) for r in range(20))  # 20 rows of 40 bytes, 300 apart
+    out = bytearray(20 * 40)
+    objects.read("x.safetensors", spans, memoryview(out))
+    assert bytes(out) == b"".join(body[off:off + n] for off, n in spans)
+    # a GET covers at most 1024 bytes: 4 rows (900 + 40 = 940 bytes) each, so 5 GETs for 20 rows
+    assert objects.requests == 5 and objects.fetched == 5 * (3 * 300 + 40)
+    wide = tuple((r * 2000, 8) for r in range(3))  # rows further apart than a part: a GET each
+    objects.read("x.safetensors", wide, memoryview(bytearray(24)))
+    assert objects.requests == 8 and objects.fetched == 5 * 940 + 24

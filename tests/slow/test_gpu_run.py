@@ -16,13 +16,16 @@ import pytest
 from loadbench import schema
 from tests.conftest import ROOT, clean_env
 
+# the venv has every package: a .whl/ fetched for the GPU machine's Python must not be installed here
+NO_WHEELS = {"WHEELS": "", "WHEELS_S3": "", "PYC_PREFIX": "0"}
+
 
 def test_rotation_saves_measures_and_deletes_one_format_at_a_time(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
                      "OUT": str(out), "ROTATE_FORMATS": "safetensors tensorizer",
                      "LIBS": "safetensors,tensorizer", "INFER": "0", "CEILING_SECONDS": "0.2",
-                     "BUDGET": "900"})
+                     "BUDGET": "900", **NO_WHEELS})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
     proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "rotate:1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -66,7 +69,7 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
     work, out = tmp_path / "work", tmp_path / "out"
     env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
                      "OUT": str(out), "LIBS": "tensorizer,reference,safetensors", "INFER": "0",
-                     "CEILING_SECONDS": "0.2", "BUDGET": "900", "WEED": str(_weed())})
+                     "CEILING_SECONDS": "0.2", "BUDGET": "900", "WEED": str(_weed()), **NO_WHEELS})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
     proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "s3:1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
