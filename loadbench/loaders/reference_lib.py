@@ -281,11 +281,12 @@ def tensors(dest: torch.Tensor, entries: list[Entry]) -> dict[str, torch.Tensor]
     return {e.name: dest[e.start:e.start + e.nbytes].view(e.dtype).view(e.shape) for e in entries}
 
 
-def _shape(ctx: LoadContext) -> tuple[int, int, int, str]:
-    """(threads, chunk bytes, ring buffers, pinning) from the options; the ring has a buffer per
-    thread."""
-    threads = ctx.options.get("threads") or DEFAULT_THREADS
-    chunk = ctx.options.get("chunk_bytes") or DEFAULT_CHUNK
+def _shape(ctx: LoadContext, threads: int = DEFAULT_THREADS, chunk: int = DEFAULT_CHUNK
+           ) -> tuple[int, int, int, str]:
+    """(threads, chunk bytes, ring buffers, pinning) from the options, else the defaults given;
+    the ring has a buffer per thread."""
+    threads = ctx.options.get("threads") or threads
+    chunk = ctx.options.get("chunk_bytes") or chunk
     return (threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads),
             (ctx.options.get("pin") or "alloc").lower())
 
@@ -367,22 +368,18 @@ class Objects:
         return [name for name, _ in self.remote.objects if name.endswith(".safetensors")]
 
 
-def _remote_shape(ctx: LoadContext) -> tuple[Remote, int, int, int, str]:
-    """(remote, threads, chunk bytes, ring buffers, pinning): as many GETs in flight as the
-    client's pool holds, ranges of S3_PART_BYTES (as the GET ceiling measures), unless the
-    options say."""
+def _remote(ctx: LoadContext) -> tuple[Remote, tuple[int, int, int, str]]:
+    """(remote, its _shape): as many GETs in flight as the client's pool holds, ranges of
+    S3_PART_BYTES (as the GET ceiling measures), unless the options say."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
-    threads = ctx.options.get("threads") or ctx.remote.concurrency
-    chunk = ctx.options.get("chunk_bytes") or ctx.remote.part_bytes
-    return (ctx.remote, threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads),
-            (ctx.options.get("pin") or "alloc").lower())
+    return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes)
 
 
 def load_s3(ctx: LoadContext) -> torch.nn.Module:
     """Parallel ranged GETs of the chunks straight into the pinned ring, copied to the device:
     what this network and server allow end to end, nothing written to local storage."""
-    remote, threads, chunk, buffers, pin = _remote_shape(ctx)
+    remote, (threads, chunk, buffers, pin) = _remote(ctx)
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     objects = Objects(remote)
@@ -430,44 +427,48 @@ def rank_items(entries: list[Entry], sections: list[Section], plan: TPPlan, chun
     return items, placed, total, strided
 
 
-def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
-    """Tensor parallel: only this rank's byte ranges, through the same reader pipeline."""
-    threads, chunk, buffers, pin = _shape(ctx)
-    model = models.skeleton(ctx.config, ctx.dtype)
-    ctx.mark("skeleton")
-    paths = weight_files(ctx.checkpoint.folder)
-    entries, sections, _ = layout(paths)
+def _rank_state(ctx: LoadContext, plan: TPPlan, names: list[str],
+                header: Callable[[str], tuple[dict[str, Any], int, int]], read: Reader,
+                how: tuple[int, int, int, str]) -> dict[str, torch.Tensor]:
+    """This rank's tensors, read through the pipeline as views of one device allocation, and
+    what the read did in ctx.info: the part both TP loads share, whatever the reader."""
+    threads, chunk, buffers, pin = how
+    entries, sections, _ = layout(names, header)
     items, placed, total, strided = rank_items(entries, sections, plan, chunk)
     dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
-    with LocalFiles(paths) as read:
-        ctx.info.update(pipeline(dest, items, read, threads, buffers, pin))
-    state = {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
-    ctx.io_mode = (f"buffered preadv (page cache) of the rank's bytes only, {threads} threads, "
-                   f"{chunk >> 20} MiB chunks{_ring(ctx, buffers, pin)}; strided (rowwise) slices read "
-                   f"as one span per row")
+    ctx.info.update(pipeline(dest, items, read, threads, buffers, pin))
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     strided_tensors=strided, row_spans=sum(len(i[1]) for i in items if len(i[1]) > 1),
                     bytes_read=sum(i[3] for i in items))
+    return {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
+
+
+def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
+    """Tensor parallel: only this rank's byte ranges, through the same reader pipeline."""
+    threads, chunk, buffers, pin = how = _shape(ctx)
+    model = models.skeleton(ctx.config, ctx.dtype)
+    ctx.mark("skeleton")
+    paths = weight_files(ctx.checkpoint.folder)
+    with LocalFiles(paths) as read:
+        state = _rank_state(ctx, plan, paths, _local_header, read, how)
+    ctx.io_mode = (f"buffered preadv (page cache) of the rank's bytes only, {threads} threads, "
+                   f"{chunk >> 20} MiB chunks{_ring(ctx, buffers, pin)}; strided (rowwise) slices read "
+                   f"as one span per row")
     return plan.assign(model, state, ctx.device)
 
 
 def load_tp_s3(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.Module:
     """Tensor parallel from object storage: only this rank's byte ranges, as ranged GETs; the
-    rows of a strided slice come from one GET each chunk (the gaps between them are fetched
-    too, and counted in bytes_fetched)."""
-    remote, threads, chunk, buffers, pin = _remote_shape(ctx)
+    rows of a strided slice come from covering GETs of at most a part each (the gaps between
+    them are fetched too, and counted in bytes_fetched)."""
+    remote, how = _remote(ctx)
+    threads, chunk, buffers, pin = how
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     objects = Objects(remote)
-    entries, sections, _ = layout(objects.names(), objects.header)
-    items, placed, total, strided = rank_items(entries, sections, plan, chunk)
-    dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
-    ctx.info.update(pipeline(dest, items, objects.read, threads, buffers, pin))
-    state = {name: dest[off:off + n].view(dtype).view(shape) for name, dtype, shape, off, n in placed}
+    state = _rank_state(ctx, plan, objects.names(), objects.header, objects.read, how)
     ctx.io_mode = (f"ranged GETs from {remote.describe()} of the rank's bytes only, {threads} in "
                    f"flight, {chunk >> 20} MiB ranges{_ring(ctx, buffers, pin)}; strided (rowwise) slices "
-                   f"as one covering GET per chunk of rows")
-    ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
-                    strided_tensors=strided, bytes_read=sum(i[3] for i in items),
-                    bytes_fetched=objects.fetched, requests=objects.requests)
+                   f"as covering GETs of at most a range each")
+    ctx.info.update(bytes_fetched=objects.fetched, requests=objects.requests)
     return plan.assign(model, state, ctx.device)

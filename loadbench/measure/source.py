@@ -87,21 +87,17 @@ class S3Source:
         self.fmt = fmt
         return open_checkpoint(self.meta, fmt, self.cfg.model_id, self.cfg.dtype, files=False)
 
-    def _local(self, ckpt: Checkpoint) -> Checkpoint | None:
-        from loadbench.storage import nodecache
-        root = (nodecache.entry_path(self.cfg.model_path, self.uri) if self.cfg.s3_cache == "node"
-                else self.download)
-        try:
-            return open_checkpoint(root, ckpt.format, self.cfg.model_id, self.cfg.dtype)
-        except Exception:
-            return None
-
     def local_files(self, ckpt: Checkpoint) -> list[str]:
         if self.cfg.s3_cache == "none":  # every trial downloads: nothing of the last one is kept
             shutil.rmtree(os.path.join(self.download, ckpt.format), ignore_errors=True)
             return []
-        local = self._local(ckpt)
-        return local.weight_files if local else []
+        from loadbench.storage import nodecache
+        try:  # what the node cache holds already
+            cached = open_checkpoint(nodecache.entry_path(self.cfg.model_path, self.uri), ckpt.format,
+                                     self.cfg.model_id, self.cfg.dtype)
+        except Exception:
+            return []
+        return cached.weight_files
 
     def fetch(self, ckpt: Checkpoint) -> tuple[Checkpoint, dict[str, Any]] | None:
         from loadbench.storage import nodecache

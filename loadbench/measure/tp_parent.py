@@ -164,13 +164,11 @@ class Ranks:
         """What the ranks need to read MODEL_URI themselves (the per-rank objects too)."""
         if not self.cfg.model_uri:
             return None
-        spec = loaders.get(self.lib)
-        remote = self.source.remote(spec, ckpt)
-        files = ckpt.manifest["formats"][ckpt.format]["files"]
-        objects = [(e["name"], e["bytes"]) for e in files
-                   if e.get("weights") or e.get("tp_size") == self.world]
+        remote = self.source.remote(loaders.get(self.lib), ckpt)
+        per_rank = [(e["name"], e["bytes"]) for e in ckpt.manifest["formats"][ckpt.format]["files"]
+                    if e.get("tp_size") == self.world]
         return {"uri": remote.uri, "concurrency": remote.concurrency, "part_bytes": remote.part_bytes,
-                "objects": objects}
+                "objects": [*remote.objects, *per_rank]}
 
     def trial(self, i: int) -> tuple[dict[str, Any], int]:
         assert self.pool is not None
