@@ -165,6 +165,9 @@ def test_tp_ranks_read_only_their_own_bytes_from_the_bucket(s3_server: S3Server,
     assert refused.returncode == 2, refused.stderr
     last = refused.stderr.strip().splitlines()[-1]
     assert "TP_SIZE=2" in last and "tensorizer, reference" in last, last
+    (doc,) = result_lines(refused.stdout)  # an error document, schema-valid, with no trial run
+    assert doc["status"] == "error" and not schema.problems(doc) and doc["trials"] == []
+    assert "tensorizer, reference" in doc["error"]["message"]
 
 
 def test_the_references_strided_rows_come_in_covering_gets_of_at_most_a_part(s3_server: S3Server):
