@@ -104,6 +104,9 @@ CONFIGS=(
   # its 8 MiB chunks (a 128 MiB ring instead of 512 MiB): is pinning what the reference loses?
   "reference-register|LIBRARIES=reference REF_PIN=REGISTER"
   "reference-register-8m|LIBRARIES=reference REF_PIN=REGISTER REF_CHUNK_BYTES=8M"
+  # InstantTensor's shape (its source, 0.2.2): 12 reads of 8 MiB in flight (cpu_count - 4 on 16
+  # cores) into a 96 MiB registered ring; here 12 threads with 2 buffers each (192 MiB)
+  "reference-register-8m-t12|LIBRARIES=reference REF_PIN=REGISTER REF_CHUNK_BYTES=8M REF_THREADS=12 REF_BUFFERS=24"
 )
 # label | env for a configuration that reads the checkpoint from object storage (phase s3)
 S3_CONFIGS=(

@@ -13,9 +13,12 @@ from typing import Any
 import pandas as pd
 
 CEILING_TEXT = {"storage_read": "storage read", "page_cache_read": "page-cache read",
-                "h2d_pinned": "pinned host-to-device", "h2d_pageable": "pageable host-to-device"}
+                "h2d_pinned": "pinned host-to-device", "h2d_pageable": "pageable host-to-device",
+                "s3_get": "GET from object storage"}
 STATE_TEXT = {"cold": "cold on this storage", "warm": "warm (checkpoint in the page cache)",
-              "partial": "partly cached"}
+              "partial": "partly cached",
+              "object storage, cold": "from object storage, the server's cache cold",
+              "object storage, warm": "from object storage, the server's cache warm"}
 
 
 def missing(v: Any) -> bool:

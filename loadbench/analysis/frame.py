@@ -112,12 +112,13 @@ COLUMNS = (
     *PUBLISHED_TRIAL,
     "ceilings_source", "ceilings_unreliable", "ceiling_storage_read_gbps",
     "ceiling_page_cache_read_gbps", "ceiling_h2d_pinned_gbps", "ceiling_h2d_pageable_gbps",
+    "ceiling_s3_get_gbps",
     "pod_started_at", "pod_total_s",
 )
 # `ranks`: a TP trial's ranks as (rank, bytes, storage_read_bytes, cache_read_bytes) dicts.
 LATER_COLUMNS = (*LATER_TRIAL, "tp_size", "ranks")
 RANK_NUMBERS = ("bytes", "storage_read_bytes", "cache_read_bytes", "total_s")
-CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable")
+CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable", "s3_get")
 NUMERIC = ("model_bytes", "params", "load_first_token_s", "mismatches", "pod_total_s") + tuple(
     k for k, kind in PLAIN_TRIAL.items() if kind == "number") + tuple(
     f"ceiling_{n}_gbps" for n in CEILING_NAMES)
@@ -177,7 +178,21 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def cache_state(resident: float, requested: str | None) -> str:
+# Loads read from object storage form groups of their own: their ceiling is the GET ceiling, and
+# their state is the server's, as the pod was run (this node's residency is 0% whatever it held).
+REMOTE_PREFIX = "object storage, "
+
+
+def remote_state(requested: str | None) -> str:
+    """The cache state of a load from object storage: the mode its pod was run in."""
+    return f"{REMOTE_PREFIX}{requested or 'unknown'}"
+
+
+def is_remote(state: str) -> bool:
+    return str(state).startswith(REMOTE_PREFIX)
+
+
+def cache_state(resident: float | None, requested: str | None) -> str:
     """cold / warm / partial by measured residency; the requested mode when none was measured."""
     if isinstance(resident, (int, float)) and math.isfinite(resident):
         if resident < COLD_BELOW:
@@ -195,6 +210,8 @@ def fingerprint(doc: dict[str, Any]) -> str:
     ignored = ignored_settings()
     settings = {k: v for k, v in _dict(doc.get("settings")).items()
                 if k not in ignored and k not in option_envs and v is not None}
+    if settings.get("MODEL_URI"):  # MODEL_PATH is then the pod's download target or node cache,
+        settings.pop("MODEL_PATH", None)  # not where the weights come from: MODEL_URI says that
     options = doc.get("options") if "options" in doc else doc.get("tuning")
     for k, v in _dict(options).items():
         if v is not None:
@@ -249,6 +266,9 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "pod_total_s": _num(pod.get("total_s")),
         "tp_size": _count(doc.get("tp_size"), 1),
         "requested": _text(_dict(doc.get("settings")).get("CACHE_MODE"), 32),
+        # read from object storage, not through a node cache (see REMOTE_PREFIX)
+        "remote": bool(_dict(doc.get("source")).get("uri"))
+        and _dict(doc.get("source")).get("cache") != "node",
     }
     for name in CEILING_NAMES:
         out[f"ceiling_{name}_gbps"] = _num(_dict(ceilings.get(name)).get("gbps"))
@@ -337,7 +357,7 @@ def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None
             r["pod_more_phases_s"] = sum(other) if phases else math.nan
     if len(phase_names) > MAX_PHASES:
         phase_cols["pod_more_phases_s"] = ["other phases"]
-    columns = list(COLUMNS) + list(phase_cols) + list(LATER_COLUMNS) + ["requested"]
+    columns = list(COLUMNS) + list(phase_cols) + list(LATER_COLUMNS) + ["requested", "remote"]
     df = pd.DataFrame.from_records(records, columns=columns)
     df.attrs["phases"] = {col: " + ".join(names) for col, names in phase_cols.items()}
     df = _derive(df)
@@ -373,9 +393,11 @@ def _derive(df: pd.DataFrame) -> pd.DataFrame:
         df["load_end"] = df["started_at"] + pd.to_timedelta(df["total_s"], unit="s", errors="coerce")
     except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):  # past pandas' year 2262
         df["load_end"] = [_end(s, t) for s, t in zip(df["started_at"], df["total_s"])]
-    df["cache_state"] = [cache_state(r, m if isinstance(m, str) else q if isinstance(q, str) else None)
-                         for r, m, q in zip(df["resident_before"], df["cache_mode"], df["requested"])]
-    df = df.drop(columns=["requested"])
+    asked = [m if isinstance(m, str) else q if isinstance(q, str) else None
+             for m, q in zip(df["cache_mode"], df["requested"])]
+    df["cache_state"] = [remote_state(a) if remote is True else cache_state(r, a)
+                         for r, a, remote in zip(df["resident_before"], asked, df["remote"])]
+    df = df.drop(columns=["requested", "remote"])
     # A run that failed before it saw its device joins a group of the same model and state.
     known = (df.dropna(subset=["device"]).groupby(["model", "cache_state"])["device"].first().to_dict()
              if len(df) else {})
@@ -412,7 +434,7 @@ def variant_names(keys: list[str], limit: int = 3) -> dict[str, str]:
                                        for p in parsed.values()}) > 1]
     out = {}
     for k, p in parsed.items():
-        parts = [f"{n}={_short(p.get(n, 'unset'))}" for n in differ[:limit]]
+        parts = [f"{n}={_short(p.get(n, 'unset')) or '(empty)'}" for n in differ[:limit]]
         if len(differ) > limit:
             parts.append(f"+{len(differ) - limit} more")
         out[k] = ", ".join(parts)

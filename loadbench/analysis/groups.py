@@ -183,7 +183,7 @@ def _limits(g: Group) -> None:
     every = g.everything
     ok = every[(every["status"] == "ok") & every["total_s"].notna()]
     fastest = ok["gbps"].max() if len(ok) else math.nan
-    limits = ceiling_rules.limits_for(g.resident)
+    limits = ceiling_rules.limits_for(g.resident, "s3" if fr.is_remote(g.state) else "local")
     for name in limits:
         if name in g.ceilings and fastest > g.ceilings[name] * (1 + ceiling_rules.BEATEN_MARGIN):
             g.unreliable[name] = float(fastest)

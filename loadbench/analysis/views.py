@@ -113,7 +113,10 @@ def kept_apart(groups: list[Group]) -> list[str]:
 
 
 def reclassified(g: Group) -> str:
-    """Trials whose measured residency differs from the cache mode they asked for."""
+    """Trials whose measured residency differs from the cache mode they asked for (loads from
+    object storage keep the mode they asked for: see frame.REMOTE_PREFIX)."""
+    if fr.is_remote(g.state):
+        return ""
     t = g.trials[g.trials["cache_mode"].notna() & (g.trials["cache_mode"] != g.state)
                  & g.trials["resident_before"].notna()]
     if t.empty:

@@ -150,6 +150,18 @@ def test_cache_state_is_measured_not_requested(resident, state):
     assert df["cache_state"].eq(state).all() and df["cache_mode"].eq("cold").all()
 
 
+@pytest.mark.parametrize("cache, state", [("none", "object storage, warm"), ("node", "cold")])
+def test_a_load_from_object_storage_keeps_the_mode_it_was_run_in(cache, state):
+    """Read from a bucket (no node cache), the local residency is 0% whatever the server had
+    cached: the mode the pod was run in (the server's state) places it. Through a node cache
+    the local files are read, and their residency decides as for any local load."""
+    doc = make_doc(mode="warm", resident=0.0)
+    doc["source"] = {"uri": "s3://bucket/m", "cache": cache, "read": "native", "endpoint": None,
+                     "credentials": "env"}
+    df = fr.frame([doc])
+    assert df["cache_state"].eq(state).all(), df["cache_state"].tolist()
+
+
 def test_identity_and_other_libraries_options_never_split_a_label():
     a = make_doc(pod="pod-a", settings={"JOB_COMPLETION_INDEX": 0, "NODE_NAME": "n1", "POD_UID": "u1",
                                         "FST_MAX_THREADS": [4], "CEILINGS": "reuse"})

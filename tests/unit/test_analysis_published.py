@@ -16,6 +16,7 @@ RESULTS = ROOT / "docs" / "results"
 H200 = RESULTS / "2026-11-22-h200-gpt-j-6b"
 H100 = RESULTS / "2026-11-23-h100-llama-2-7b"
 H200_POD = RESULTS / "2026-12-03-h200-llama-2-7b"  # the first run whose pods cost under 8 s
+H200_S3 = RESULTS / "2026-12-03-h200-llama-2-7b-s3"  # the first from object storage (SeaweedFS)
 
 
 def _title(run: Path) -> str:
@@ -25,7 +26,8 @@ def _title(run: Path) -> str:
     return found[1]
 
 
-@pytest.fixture(scope="module", params=[H200, H100, H200_POD], ids=["h200", "h100", "h200-pods"])
+@pytest.fixture(scope="module", params=[H200, H100, H200_POD, H200_S3],
+                ids=["h200", "h100", "h200-pods", "h200-s3"])
 def regenerated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[Path, Path]:
     run: Path = request.param
@@ -52,7 +54,16 @@ QUOTED = {H200: (14, {("cold", "fastsafetensors"): "7.045", ("warm", "tensorizer
                       ("warm", "reference"): "0.900"}),
           H200_POD: (24, {("cold", "fastsafetensors"): "6.679", ("cold", "reference"): "7.760",
                           ("warm", "instanttensor-backendURING_BUFFERED"): "0.361",
-                          ("warm", "reference"): "0.776"})}
+                          ("warm", "reference"): "0.776"}),
+          H200_S3: (32, {("object storage, warm", "tensorizer-numreaders16"): "3.696",
+                         ("object storage, warm", "runai-streamer"): "4.537",
+                         ("object storage, warm", "reference"): "6.525",
+                         ("object storage, cold", "tensorizer-numreaders16"): "8.225",
+                         ("object storage, cold", "reference"): "8.482",
+                         ("object storage, warm", "safetensors"): "16.573",
+                         ("cold", "tensorizer-numreaders16"): "7.232", ("cold", "reference"): "7.670",
+                         ("warm", "reference"): "0.659", ("warm", "reference-pinREGISTER"): "0.627",
+                         ("warm", "instanttensor-backendURING_BUFFERED"): "0.366"})}
 
 
 def test_every_first_published_cell_is_regenerated(regenerated):
@@ -91,6 +102,11 @@ def test_the_published_report_reads_whole(regenerated):
         assert "cold on this storage, gpt-j-6b on NVIDIA H200: **fastsafetensors**" in md
         assert "at 89% of the storage read ceiling" in md and "1.21× faster than huggingface" in md
         assert "## Pod overhead" not in md     # schema 1 recorded no pod time
+    elif run == H200_S3:
+        # Its README: loads from a bucket in groups of their own, graded against the GET ceiling.
+        assert "## llama-2-7b on NVIDIA H200, object storage, warm" in md
+        assert "Binding for this state: GET from object storage 4.09 GB/s." in md
+        assert "| tensorizer-numreaders16 | stream_io from http://127.0.0.1:48125" in md
     elif run == H200_POD:
         # Its README quotes 5.96 s per pod outside the timed loads over 67 pods (16.68 s before).
         assert "Median outside the timed loads: 5.961 s over 67 pod(s)." in md
