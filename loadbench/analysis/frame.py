@@ -266,7 +266,8 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "pod_total_s": _num(pod.get("total_s")),
         "tp_size": _count(doc.get("tp_size"), 1),
         "requested": _text(_dict(doc.get("settings")).get("CACHE_MODE"), 32),
-        # read from object storage, not through a node cache (see REMOTE_PREFIX)
+        # read from object storage, not through a node cache (see REMOTE_PREFIX; a trial that
+        # filled the node cache inside its load counts as read from object storage too)
         "remote": bool(_dict(doc.get("source")).get("uri"))
         and _dict(doc.get("source")).get("cache") != "node",
     }
@@ -316,6 +317,8 @@ def _trial_fields(t: dict[str, Any], i: int | None, nbytes: float) -> dict[str, 
     # Its place in its process: recorded (schema 3), else its position in its document.
     out["index_in_process"] = _count(t.get("index_in_process"), i)
     out["ranks"] = _ranks(t.get("ranks"))
+    # a node cache filled (or waited for) inside this load: it read the bucket, not this node
+    out["fetched"] = _dict(_dict(t.get("library_info")).get("fetch")).get("role") in ("filled", "waited")
     return out
 
 
@@ -357,7 +360,7 @@ def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None
             r["pod_more_phases_s"] = sum(other) if phases else math.nan
     if len(phase_names) > MAX_PHASES:
         phase_cols["pod_more_phases_s"] = ["other phases"]
-    columns = list(COLUMNS) + list(phase_cols) + list(LATER_COLUMNS) + ["requested", "remote"]
+    columns = list(COLUMNS) + list(phase_cols) + list(LATER_COLUMNS) + ["requested", "remote", "fetched"]
     df = pd.DataFrame.from_records(records, columns=columns)
     df.attrs["phases"] = {col: " + ".join(names) for col, names in phase_cols.items()}
     df = _derive(df)
@@ -395,9 +398,10 @@ def _derive(df: pd.DataFrame) -> pd.DataFrame:
         df["load_end"] = [_end(s, t) for s, t in zip(df["started_at"], df["total_s"])]
     asked = [m if isinstance(m, str) else q if isinstance(q, str) else None
              for m, q in zip(df["cache_mode"], df["requested"])]
-    df["cache_state"] = [remote_state(a) if remote is True else cache_state(r, a)
-                         for r, a, remote in zip(df["resident_before"], asked, df["remote"])]
-    df = df.drop(columns=["requested", "remote"])
+    df["cache_state"] = [remote_state(a) if remote is True or fetched is True else cache_state(r, a)
+                         for r, a, remote, fetched in zip(df["resident_before"], asked, df["remote"],
+                                                          df["fetched"])]
+    df = df.drop(columns=["requested", "remote", "fetched"])
     # A run that failed before it saw its device joins a group of the same model and state.
     known = (df.dropna(subset=["device"]).groupby(["model", "cache_state"])["device"].first().to_dict()
              if len(df) else {})

@@ -105,6 +105,11 @@ class Group:
         """One row per document of the group, first loads and repeats alike."""
         return (self.everything if len(self.everything) else self.trials).drop_duplicates("doc")
 
+    def limits(self) -> tuple[str, str]:
+        """The two ceilings that bound a load of this group: the read (the GET ceiling for
+        loads from object storage), then the pinned host-to-device copy."""
+        return ceiling_rules.limits_for(self.resident, "s3" if fr.is_remote(self.state) else "local")
+
     def model_bytes(self) -> float | None:
         """The checkpoint's bytes, which every GB/s of the group divides."""
         values = self.trials["model_bytes"].dropna()
@@ -183,7 +188,7 @@ def _limits(g: Group) -> None:
     every = g.everything
     ok = every[(every["status"] == "ok") & every["total_s"].notna()]
     fastest = ok["gbps"].max() if len(ok) else math.nan
-    limits = ceiling_rules.limits_for(g.resident, "s3" if fr.is_remote(g.state) else "local")
+    limits = g.limits()
     for name in limits:
         if name in g.ceilings and fastest > g.ceilings[name] * (1 + ceiling_rules.BEATEN_MARGIN):
             g.unreliable[name] = float(fastest)

@@ -236,8 +236,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Machine limits (storage read for one and for N concurrent readers, page-cache read, "
             "host-to-device). reuse: the first pod on a node measures them into "
             "RES_PATH/ceilings/<node>-<device>-<filesystem>.json under a lock, and every later pod of "
-            "any run reuses them within CEILINGS_TTL; fresh: measure again and store; measure (or 1): "
-            "measure in this pod only; 0: none.", "reuse, fresh, measure, 1, 0"),
+            "any run reuses them within CEILINGS_TTL (with MODEL_URI: the GET ceiling and "
+            "host-to-device, in <node>-<device>-s3-<endpoint>-<bucket>-<hash of the prefix>.json); "
+            "fresh: measure again and store; measure (or 1): measure in this pod only; 0: none.",
+            "reuse, fresh, measure, 1, 0"),
     Setting("CEILINGS_TTL", _float(0), "86400",
             "Seconds a node's stored ceilings stay valid for CEILINGS=reuse (default 24 h).",
             "number >= 0"),

@@ -101,9 +101,10 @@ def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device, 
                 state.ceilings = dict(measure(), source="measured")
             else:
                 uri = objectstore.parse_uri(cfg.model_uri)
-                endpoint = objectstore.redact(objectstore.endpoint_from_env() or "aws")
+                # the endpoint the client resolves (environment, profile, region), never a secret
+                endpoint = objectstore.redact(objectstore.client().meta.endpoint_url)
                 state.ceilings = ceilings.for_endpoint(cfg.res_path, node, device, endpoint, uri.bucket,
-                                                       measure, log, ttl_s=cfg.ceilings_ttl_s,
+                                                       uri.prefix, measure, log, ttl_s=cfg.ceilings_ttl_s,
                                                        fresh=cfg.ceilings == "fresh")
         elif cfg.ceilings == "measure":
             state.ceilings = dict(ceilings.measure(paths, device, cfg.ceiling_seconds, log),

@@ -25,6 +25,7 @@ says so.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import mmap
 import os
@@ -337,22 +338,26 @@ def for_node(res_path: str, node: str, paths: list[str], device: torch.device, s
                         progress, ttl_s, fresh), filesystem=fs.get("mount"))
 
 
-def endpoint_file(res_path: str, node: str, device: str, endpoint: str, bucket: str) -> str:
-    """One file per node, device, S3 endpoint and bucket: what this node's network and that
-    server allow does not depend on the run (the endpoint is redacted: no credentials)."""
+def endpoint_file(res_path: str, node: str, device: str, endpoint: str, bucket: str, prefix: str
+                  ) -> str:
+    """One file per node, device, S3 endpoint and checkpoint (bucket and prefix: the GET ceiling
+    reads its largest object): what this node's network and that server allow does not depend on
+    the run. The endpoint is redacted (no credentials); the prefix enters as a hash."""
+    digest = hashlib.sha256(f"{bucket}/{prefix}".encode()).hexdigest()[:12]
     name = (f"{safe_component(node, 'node')}-{safe_component(device, 'device')}-s3-"
-            f"{safe_component(endpoint, 'endpoint')}-{safe_component(bucket, 'bucket')}")
+            f"{safe_component(endpoint, 'endpoint')}-{safe_component(bucket, 'bucket')}-{digest}")
     return os.path.join(res_path, "ceilings", f"{name}.json")
 
 
-def for_endpoint(res_path: str, node: str, device: torch.device, endpoint: str, bucket: str,
+def for_endpoint(res_path: str, node: str, device: torch.device, endpoint: str, bucket: str, prefix: str,
                  measure_all: Callable[[], dict[str, Any]], progress: Callable[[str], None] = print,
                  ttl_s: float = 86400.0, fresh: bool = False) -> dict[str, Any]:
     """The ceilings of a pod that reads object storage (host-to-device copies and the GET
-    ceiling, from `measure_all`): measured once per node, device, endpoint and bucket under a
-    lock, reused like for_node's. Measured in every pod they cost ~11 s of a 20-35 s pod."""
-    return _shared(endpoint_file(res_path, node, str(device), endpoint, bucket), node, str(device),
-                   {"endpoint": endpoint, "bucket": bucket}, measure_all, progress, ttl_s, fresh)
+    ceiling, from `measure_all`): measured once per node, device, endpoint and checkpoint under
+    a lock, reused like for_node's. Measured in every pod they cost ~11 s of a 20-35 s pod."""
+    return _shared(endpoint_file(res_path, node, str(device), endpoint, bucket, prefix), node, str(device),
+                   {"endpoint": endpoint, "bucket": bucket, "prefix": prefix}, measure_all, progress,
+                   ttl_s, fresh)
 
 
 def _shared(path: str, node: str, device: str, where: dict[str, Any],
@@ -371,6 +376,7 @@ def _shared(path: str, node: str, device: str, where: dict[str, Any],
                 found = json.load(f)
             age = _age_s(found.get("measured_at")) if isinstance(found, dict) else None
             if not fresh and isinstance(found, dict) and found.get("device") == device \
+                    and all(found.get(k) == v for k, v in where.items()) \
                     and isinstance(found.get("ceilings"), dict) and age is not None and 0 <= age <= ttl_s:
                 progress(f"ceilings: reusing {path} (measured {age / 3600:.1f} h ago by "
                          f"{found.get('measured_by')})")

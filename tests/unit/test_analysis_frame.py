@@ -150,14 +150,21 @@ def test_cache_state_is_measured_not_requested(resident, state):
     assert df["cache_state"].eq(state).all() and df["cache_mode"].eq("cold").all()
 
 
-@pytest.mark.parametrize("cache, state", [("none", "object storage, warm"), ("node", "cold")])
-def test_a_load_from_object_storage_keeps_the_mode_it_was_run_in(cache, state):
+@pytest.mark.parametrize("cache, role, state", [("none", None, "object storage, warm"),
+                                                ("node", "hit", "cold"),
+                                                ("node", "filled", "object storage, warm"),
+                                                ("node", "waited", "object storage, warm")])
+def test_a_load_from_object_storage_keeps_the_mode_it_was_run_in(cache, role, state):
     """Read from a bucket (no node cache), the local residency is 0% whatever the server had
-    cached: the mode the pod was run in (the server's state) places it. Through a node cache
-    the local files are read, and their residency decides as for any local load."""
+    cached: the mode the pod was run in (the server's state) places it. A node cache hit reads
+    local files, and their residency decides as for any local load; a trial that filled the
+    cache (or waited for another pod to) read the bucket inside its load."""
     doc = make_doc(mode="warm", resident=0.0)
     doc["source"] = {"uri": "s3://bucket/m", "cache": cache, "read": "native", "endpoint": None,
                      "credentials": "env"}
+    if role:
+        for t in doc["trials"]:
+            t["library_info"] = {"fetch": {"role": role}}
     df = fr.frame([doc])
     assert df["cache_state"].eq(state).all(), df["cache_state"].tolist()
 
