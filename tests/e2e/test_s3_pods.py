@@ -93,17 +93,20 @@ def test_libraries_that_read_s3_themselves_do_so_verified_with_nothing_written_l
 def test_a_node_cache_is_filled_by_the_first_pod_and_read_by_the_next(uploaded, tmp_path):
     uri, server = uploaded
     node = tmp_path / "node-cache"
-    roles = []
+    roles, graded = [], []
     for _pod in ("first", "second"):
         proc = bench(uri, server, node, tmp_path / "res", LIBRARIES="safetensors", S3_CACHE="node",
-                     CACHE_MODE="asis")
+                     CACHE_MODE="asis", CEILINGS="reuse", CEILING_SECONDS="0.2")
         assert proc.returncode == 0, proc.stderr
         (doc,) = result_lines(proc.stdout)
         assert doc["source"]["cache"] == "node"
         (trial,) = doc["trials"]
         roles.append(trial["library_info"]["fetch"]["role"])
+        graded.append(trial["ceiling"])
         assert trial["tensors_verified"] > 0
     assert roles == ["filled", "hit"], roles
+    # the fill read the bucket inside its load; the hit read local files (no local ceiling on a CPU)
+    assert graded[0] == "s3_get" and graded[1] != "s3_get", graded
 
 
 def test_the_get_ceiling_is_measured_once_per_node_and_endpoint_then_reused(uploaded, tmp_path):
