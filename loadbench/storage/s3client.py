@@ -119,7 +119,7 @@ _TRANSIENT = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout
 
 def _short(text: str, limit: int = 200) -> str:
     """One line, no query strings (a URL in a message may carry a presigned signature)."""
-    text = re.sub(r"\?\S*", "", " ".join(str(text).split()))
+    text = re.sub(r"\?[^\s\"'<>]*", "", " ".join(str(text).split()))  # the URL's quote stays
     return text if len(text) <= limit else text[:limit] + "..."
 
 

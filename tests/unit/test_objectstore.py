@@ -121,6 +121,7 @@ def test_connection_failures_are_transient_and_unknown_errors_pass_through() -> 
     err = objectstore.error_for(EndpointConnectionError(endpoint_url="http://127.0.0.1:1/b?X-Amz-Signature=s"),
                                 "b", "k", "http://127.0.0.1:1")
     assert isinstance(err, Transient) and "X-Amz-Signature" not in str(err) and "AWS_ENDPOINT_URL" in str(err)
+    assert 'endpoint URL: "http://127.0.0.1:1/b")' in str(err)  # the query goes, the quote stays
     assert isinstance(objectstore.error_for(ConnectTimeoutError(endpoint_url="http://x"), "b"), Transient)
     err = objectstore.error_for(NoCredentialsError(), "b", "k")
     assert isinstance(err, ConfigError) and "credentials" in str(err)
