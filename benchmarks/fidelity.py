@@ -10,6 +10,11 @@ meet the same drift of the machine. The report gives the median ratio A/B
 and a bootstrap 95% interval of it: loadbench's overhead, with its noise.
 
     python benchmarks/fidelity.py --model-path DIR --samples 7 --modes warm --out fidelity.json
+
+A run split over calls (each library's cells in a call of their own, on one machine) is put
+together afterwards, its ratios computed again from the raw samples:
+
+    python benchmarks/fidelity.py --merge call1.json call2.json --out fidelity.json
 """
 
 from __future__ import annotations
@@ -221,9 +226,37 @@ def save(path: str | None, samples: dict[str, Any], meta: dict[str, Any]) -> Non
     os.replace(tmp, path)
 
 
+def merge(paths: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(samples, meta) of fidelity files written by runs of this script. A cell may be in one
+    file only: two runs of the same cell are two experiments, not one longer one."""
+    samples: dict[str, Any] = {}
+    metas = []
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        if not str(doc.get("schema", "")).startswith("loadbench.fidelity/"):
+            raise SystemExit(f"{path}: not a fidelity file (schema {doc.get('schema')!r})")
+        for key, cell in doc["samples"].items():
+            if key in samples:
+                raise SystemExit(f"{path}: cell {key} is already in an earlier file; merge runs of "
+                                 "different libraries or modes only")
+            samples[key] = cell
+        metas.append({k: v for k, v in doc.items() if k not in ("samples", "ratios")})
+    meta = dict(metas[0], merged_from=[os.path.basename(p) for p in paths])
+    return samples, meta
+
+
+def summary(samples: dict[str, Any]) -> None:
+    for r in report(samples):
+        print(f"{r['library']:16} {r['mode']:5} n={r['n']}  weights loadbench/bare = {r['ratio']:.3f} "
+              f"(95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}); total {r['total_ratio']:.3f}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--model-path")
+    ap.add_argument("--merge", nargs="+", metavar="FILE",
+                    help="put fidelity files of one machine together into --out (nothing is run)")
     ap.add_argument("--samples", type=int, default=7, help="samples per side per cell")
     ap.add_argument("--libraries", default=",".join(LIBS))
     ap.add_argument("--modes", default="warm,cold")
@@ -232,6 +265,15 @@ def main() -> int:
                     help="seconds for the whole run; a sample that could not finish is not started")
     ap.add_argument("--one", nargs=2, metavar=("LIBRARY", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.merge:
+        if not args.out:
+            ap.error("--merge needs --out")
+        merged, meta = merge(args.merge)
+        save(args.out, merged, meta)
+        summary(merged)
+        return 0
+    if not args.model_path:
+        ap.error("--model-path is required (or --merge FILE ...)")
     if args.one:
         print(json.dumps(bare(args.model_path, *args.one)))
         return 0
@@ -266,9 +308,7 @@ def main() -> int:
                 print(f"{mode} {lib} sample {i + 1}: loadbench {cell['loadbench'][-1:]} "
                       f"bare {cell['bare'][-1:]}", flush=True)
     save(args.out, samples, meta)
-    for r in report(samples):
-        print(f"{r['library']:16} {r['mode']:5} n={r['n']}  weights loadbench/bare = {r['ratio']:.3f} "
-              f"(95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}); total {r['total_ratio']:.3f}", flush=True)
+    summary(samples)
     return 0
 
 

@@ -4,7 +4,10 @@ a library added to the registry without a bare implementation there fails here."
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+
+import pytest
 
 from loadbench import loaders
 from tests.conftest import ROOT
@@ -23,3 +26,34 @@ def test_fidelity_covers_every_library_a_user_picks():
     assert set(mod.LIBS) == {lib.name for lib in loaders.LIBRARIES if lib.role != "instrument"}
     assert set(mod.BARE) == set(mod.LIBS), "a library without a bare implementation in fidelity.py"
     assert set(mod.PACKAGES) == set(mod.LIBS), "a library without its import in fidelity.PACKAGES"
+
+
+PUBLISHED = ROOT / "docs/results/2026-12-03-h200-llama-2-7b-fidelity-nodecache"
+
+
+def test_merge_recomputes_the_published_ratios_from_the_raw_samples(tmp_path):
+    """The published fidelity file is the merge of its two calls' files: merging them again gives
+    the same ratios, each computed from the samples (n = 7 a side, every median within 3%)."""
+    mod = fidelity()
+    calls = [str(PUBLISHED / "logs" / f"fidelity-call{i}.json") for i in (1, 2)]
+    samples, meta = mod.merge(calls)
+    out = tmp_path / "merged.json"
+    mod.save(str(out), samples, meta)
+    mine = json.loads(out.read_text())
+    published = json.loads((PUBLISHED / "llama-2-7b-fidelity.json").read_text())
+    assert mine["ratios"] == published["ratios"]
+    assert {r["library"] for r in mine["ratios"]} == {
+        "tensorizer", "safetensors", "huggingface", "instanttensor", "flashpack", "runai-streamer"}
+    for r in mine["ratios"]:
+        assert r["n"] >= 7 and r["within_3pct"], r
+
+
+def test_merge_refuses_the_same_cell_twice_and_other_files(tmp_path):
+    mod = fidelity()
+    one = str(PUBLISHED / "logs" / "fidelity-call1.json")
+    with pytest.raises(SystemExit, match="already in an earlier file"):
+        mod.merge([one, one])
+    other = tmp_path / "doc.json"
+    other.write_text('{"schema": "loadbench.result/3", "samples": {}}')
+    with pytest.raises(SystemExit, match="not a fidelity file"):
+        mod.merge([str(other)])
