@@ -150,15 +150,16 @@ LIBRARIES: tuple[Library, ...] = (
             "loadbench's own instrument, not a product: threads pread into a ring of pinned "
             "buffers, async copies into one device allocation, tensors as views",
             (Option("threads", "REF_THREADS", "int", "reference: reader threads (requests in flight); "
-                    "default 8 from files, S3_CONCURRENCY from object storage."),
+                    "default from files: the usable CPUs (affinity, cgroup quota) less 4, 4 to 12; "
+                    "from object storage: S3_CONCURRENCY."),
              Option("chunk_bytes", "REF_CHUNK_BYTES", "size", "reference: bytes per read (per ranged "
-                    "GET); default 32M from files, S3_PART_BYTES from object storage."),
+                    "GET); default 8M from files, S3_PART_BYTES from object storage."),
              Option("buffers", "REF_BUFFERS", "int",
-                    "reference: pinned buffers in the ring (each chunk_bytes).", "16"),
+                    "reference: pinned buffers in the ring (each chunk_bytes); default 2 a thread."),
              Option("pin", "REF_PIN", "choice",
-                    "reference: how the ring is pinned, one allocation either way: ALLOC "
-                    "(cudaHostAlloc, torch's pinned allocator) or REGISTER (cudaHostRegister of "
-                    "an ordinary allocation, as InstantTensor does).", "ALLOC",
+                    "reference: how the ring is pinned, one allocation either way: REGISTER "
+                    "(cudaHostRegister of an ordinary allocation, as InstantTensor does) or ALLOC "
+                    "(cudaHostAlloc, torch's pinned allocator).", "REGISTER",
                     choices=("ALLOC", "REGISTER"))),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )

@@ -33,14 +33,25 @@ from typing import Any, Callable
 
 import torch
 
-from loadbench import models
+from loadbench import machine, models
 from loadbench.loaders.context import LoadContext, Remote, TPPlan
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
           "U8": torch.uint8, "BOOL": torch.bool}
-DEFAULT_THREADS, DEFAULT_CHUNK, DEFAULT_BUFFERS = 8, 32 << 20, 16
+# From files, InstantTensor's shape, which beat the earlier 8 x 32 MiB into a 512 MiB
+# cudaHostAlloc ring by 28% warm on an H200 (0.491 s, n = 6, against 0.685 s, n = 3;
+# docs/results/2026-12-03-h200-llama-2-7b-fidelity-nodecache): 8 MiB reads, a thread per usable
+# CPU but 4 (at most 12, at least 4), two registered buffers a thread.
+DEFAULT_CHUNK, BUFFERS_PER_THREAD, MAX_FILE_THREADS, MIN_FILE_THREADS = 8 << 20, 2, 12, 4
+DEFAULT_PIN = "register"
+
+
+def file_threads() -> int:
+    """Readers from files: page-cache copies are CPU work, so one a usable CPU, leaving 4 for
+    the copies' submission and the rest of the process, as InstantTensor does (cpu_count - 4)."""
+    return max(MIN_FILE_THREADS, min(MAX_FILE_THREADS, machine.usable_cpus() - 4))
 ALIGN = 256
 
 Section = tuple[str, int, int, int]  # (source, file offset, allocation offset, bytes)
@@ -281,14 +292,14 @@ def tensors(dest: torch.Tensor, entries: list[Entry]) -> dict[str, torch.Tensor]
     return {e.name: dest[e.start:e.start + e.nbytes].view(e.dtype).view(e.shape) for e in entries}
 
 
-def _shape(ctx: LoadContext, threads: int = DEFAULT_THREADS, chunk: int = DEFAULT_CHUNK
-           ) -> tuple[int, int, int, str]:
-    """(threads, chunk bytes, ring buffers, pinning) from the options, else the defaults given;
-    the ring has a buffer per thread."""
-    threads = ctx.options.get("threads") or threads
+def _shape(ctx: LoadContext, threads: int | None = None, chunk: int = DEFAULT_CHUNK,
+           per_thread: int = BUFFERS_PER_THREAD) -> tuple[int, int, int, str]:
+    """(threads, chunk bytes, ring buffers, pinning) from the options, else the defaults given
+    (threads: file_threads()); the ring has at least a buffer per thread, `per_thread` by default."""
+    threads = ctx.options.get("threads") or threads or file_threads()
     chunk = ctx.options.get("chunk_bytes") or chunk
-    return (threads, chunk, max(ctx.options.get("buffers") or DEFAULT_BUFFERS, threads),
-            (ctx.options.get("pin") or "alloc").lower())
+    return (threads, chunk, max(ctx.options.get("buffers") or per_thread * threads, threads),
+            (ctx.options.get("pin") or DEFAULT_PIN).lower())
 
 
 def _ring(ctx: LoadContext, buffers: int, pin: str) -> str:
@@ -370,10 +381,11 @@ class Objects:
 
 def _remote(ctx: LoadContext) -> tuple[Remote, tuple[int, int, int, str]]:
     """(remote, its _shape): as many GETs in flight as the client's pool holds, ranges of
-    S3_PART_BYTES (as the GET ceiling measures), unless the options say."""
+    S3_PART_BYTES (as the GET ceiling measures), unless the options say; a buffer a request
+    (the network, not the copy, is what a second one would wait for; 16 x 64 MiB is 1 GiB)."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
-    return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes)
+    return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes, per_thread=1)
 
 
 def load_s3(ctx: LoadContext) -> torch.nn.Module:

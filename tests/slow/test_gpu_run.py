@@ -51,7 +51,7 @@ def test_save_writes_only_the_formats_the_chosen_configurations_read(tmp_path: P
     """LABELS (and LIBS) narrow `save` too: a disk that holds two formats runs what reads them."""
     work, out = tmp_path / "work", tmp_path / "out"
     env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
-                     "OUT": str(out), "LABELS": "reference-register,tensorizer-numreaders16", **NO_WHEELS})
+                     "OUT": str(out), "LABELS": "reference-8x32m-alloc,tensorizer-numreaders16", **NO_WHEELS})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "save"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)

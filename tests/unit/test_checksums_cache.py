@@ -124,3 +124,34 @@ def test_scoped_env_restores_exactly(monkeypatch):
     with scoped_env({"LB_KEEP": None, "LB_GONE": "x"}):
         assert "LB_KEEP" not in os.environ and os.environ["LB_GONE"] == "x"
     assert os.environ["LB_KEEP"] == "1" and "LB_GONE" not in os.environ
+
+
+def test_usable_cpus_are_the_affinity_bounded_by_a_cgroup_quota(tmp_path):
+    """A pod limited to 2.5 CPUs on a 16-core node has 3 to keep busy, not 16."""
+    from loadbench import machine
+    mask = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("250000 100000\n")
+    assert machine.usable_cpus(str(quota)) == min(3, mask)
+    quota.write_text("max 100000\n")
+    assert machine.usable_cpus(str(quota)) == mask
+    quota.write_text("garbage\n")
+    assert machine.usable_cpus(str(quota)) == mask
+    assert machine.usable_cpus(str(tmp_path / "absent")) == mask
+
+
+def test_the_reference_default_shape_is_instanttensors():
+    """From files: 8 MiB reads, usable CPUs less 4 threads (4 to 12), two registered buffers a
+    thread; an explicit setting wins, and the ring never has fewer buffers than threads."""
+    from types import SimpleNamespace
+
+    from loadbench import machine
+    from loadbench.loaders import reference_lib
+    threads = reference_lib.file_threads()
+    assert threads == max(4, min(12, machine.usable_cpus() - 4))
+    assert reference_lib._shape(SimpleNamespace(options={})) == (threads, 8 << 20, 2 * threads, "register")
+    set_ = SimpleNamespace(options={"threads": 3, "chunk_bytes": 1 << 20, "buffers": 2, "pin": "ALLOC"})
+    assert reference_lib._shape(set_) == (3, 1 << 20, 3, "alloc")
+    # from object storage the caller's defaults (S3_CONCURRENCY, S3_PART_BYTES) replace the files'
+    assert reference_lib._shape(SimpleNamespace(options={}), 16, 64 << 20, per_thread=1) == (
+        16, 64 << 20, 16, "register")

@@ -71,7 +71,7 @@ def test_sweeps_give_one_variant_per_value_and_labels_show_what_was_set():
         "instanttensor", "instanttensor-backendURING_BUFFERED"]
     s = settings.load({"LIBRARIES": "reference", "REF_CHUNK_BYTES": "8M,32M"})
     assert [o["chunk_bytes"] for _, o in settings.variants(s)] == [8 << 20, 32 << 20]
-    # both set: the reference's default chunk is its reader's (32 MiB from files, S3_PART_BYTES
+    # both set: the reference's default chunk is its reader's (8 MiB from files, S3_PART_BYTES
     # from a bucket), so an explicit 32M is a choice the label shows
     assert [settings.label(*v) for v in settings.variants(s)] == ["reference-chunkbytes8388608",
                                                                  "reference-chunkbytes33554432"]
