@@ -75,7 +75,8 @@ QUOTED = {H200: (14, {("cold", "fastsafetensors"): "7.045", ("warm", "tensorizer
                             ("cold", "safetensors"): "8.169",
                             ("warm", "instanttensor-backendURING_BUFFERED"): "0.360",
                             ("warm", "reference"): "0.685",
-                            ("warm", "reference-threads12-chunkbytes8388608-buffers24-pinREGISTER"): "0.491"})}
+                            ("warm", "reference-threads12-chunkbytes8388608-buffers24-pinREGISTER"):
+                                "0.491"})}
 
 
 def test_every_first_published_cell_is_regenerated(regenerated):
