@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from loadbench import machine, models
+from loadbench import cpus, models
 from loadbench.loaders.context import LoadContext, Remote, TPPlan
 from loadbench.loaders.safetensors_lib import assign, weight_files
 
@@ -51,7 +51,7 @@ DEFAULT_PIN = "register"
 def file_threads() -> int:
     """Readers from files: page-cache copies are CPU work, so one a usable CPU, leaving 4 for
     the copies' submission and the rest of the process, as InstantTensor does (cpu_count - 4)."""
-    return max(MIN_FILE_THREADS, min(MAX_FILE_THREADS, machine.usable_cpus() - 4))
+    return max(MIN_FILE_THREADS, min(MAX_FILE_THREADS, cpus.usable() - 4))
 ALIGN = 256
 
 Section = tuple[str, int, int, int]  # (source, file offset, allocation offset, bytes)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from loadbench import loaders
+from loadbench import cpus, loaders
 from loadbench.errors import ConfigError
 
 
@@ -94,28 +94,11 @@ def identity(ident: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def usable_cpus(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
-    """The CPUs this process may keep busy: its affinity mask, bounded by a cgroup v2 quota (a
-    pod's CPU limit) where one is set. os.cpu_count() is the node's, whatever the pod's limit."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    try:
-        with open(cgroup) as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max" and int(period) > 0:
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "usable_cpus": usable_cpus(),
+        "usable_cpus": cpus.usable(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "python": sys.version.split()[0],
     }

@@ -128,16 +128,16 @@ def test_scoped_env_restores_exactly(monkeypatch):
 
 def test_usable_cpus_are_the_affinity_bounded_by_a_cgroup_quota(tmp_path):
     """A pod limited to 2.5 CPUs on a 16-core node has 3 to keep busy, not 16."""
-    from loadbench import machine
+    from loadbench import cpus
     mask = len(os.sched_getaffinity(0))
     quota = tmp_path / "cpu.max"
     quota.write_text("250000 100000\n")
-    assert machine.usable_cpus(str(quota)) == min(3, mask)
+    assert cpus.usable(str(quota)) == min(3, mask)
     quota.write_text("max 100000\n")
-    assert machine.usable_cpus(str(quota)) == mask
+    assert cpus.usable(str(quota)) == mask
     quota.write_text("garbage\n")
-    assert machine.usable_cpus(str(quota)) == mask
-    assert machine.usable_cpus(str(tmp_path / "absent")) == mask
+    assert cpus.usable(str(quota)) == mask
+    assert cpus.usable(str(tmp_path / "absent")) == mask
 
 
 def test_the_reference_default_shape_is_instanttensors():
@@ -145,10 +145,10 @@ def test_the_reference_default_shape_is_instanttensors():
     thread; an explicit setting wins, and the ring never has fewer buffers than threads."""
     from types import SimpleNamespace
 
-    from loadbench import machine
+    from loadbench import cpus
     from loadbench.loaders import reference_lib
     threads = reference_lib.file_threads()
-    assert threads == max(4, min(12, machine.usable_cpus() - 4))
+    assert threads == max(4, min(12, cpus.usable() - 4))
     assert reference_lib._shape(SimpleNamespace(options={})) == (threads, 8 << 20, 2 * threads, "register")
     set_ = SimpleNamespace(options={"threads": 3, "chunk_bytes": 1 << 20, "buffers": 2, "pin": "ALLOC"})
     assert reference_lib._shape(set_) == (3, 1 << 20, 3, "alloc")
