@@ -36,6 +36,7 @@ import torch
 from loadbench import cpus, models
 from loadbench.loaders.context import LoadContext, Remote, TPPlan
 from loadbench.loaders.safetensors_lib import assign, weight_files
+from loadbench.storage import s3direct
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -398,8 +399,8 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
     entries, sections, total = layout(objects.names(), objects.header)
     dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
     ctx.info.update(pipeline(dest, _chunks(sections, chunk), objects.read, threads, buffers, pin))
-    ctx.io_mode = (f"ranged GETs from {remote.describe()}, {threads} in flight, {chunk >> 20} MiB "
-                   f"ranges{_ring(ctx, buffers, pin)}")
+    ctx.io_mode = (f"ranged GETs from {remote.describe()} ({s3direct.kind(remote.client)}), {threads} in "
+                   f"flight, {chunk >> 20} MiB ranges{_ring(ctx, buffers, pin)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     requests=objects.requests, bytes_fetched=objects.fetched)
     return assign(model, tensors(dest, entries), ctx.device)

@@ -25,7 +25,7 @@ credentials a `ConfigError` (2) that never holds the secret, an unreachable endp
 `Transient` (3), an object that changed or is shorter than the manifest says
 `ObjectMismatch` (1).
 
-The code lives in five modules, by concern; this one re-exports their public names (each
+The code lives in six modules, by concern; this one re-exports their public names (each
 `import name as name`, an explicit re-export), so `from loadbench.storage.objectstore import ...`
 and `objectstore.<name>` keep working:
 
@@ -33,7 +33,9 @@ and `objectstore.<name>` keep working:
 - `loadbench.storage.s3uri`: `parse_uri` and `redact`;
 - `loadbench.storage.s3client`: the client, error mapping, `list_objects`, `object_info`;
 - `loadbench.storage.s3folder`: `upload_folder`, `download_folder` and the remote manifest;
-- `loadbench.storage.s3read`: ranged reads, the GET ceiling and the ETag helpers.
+- `loadbench.storage.s3read`: ranged reads, the GET ceiling and the ETag helpers;
+- `loadbench.storage.s3direct`: the ranged reads' client, presigned GETs read from the socket
+  straight into the caller's buffer (botocore for whatever it cannot read).
 """
 
 from __future__ import annotations

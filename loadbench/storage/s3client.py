@@ -82,8 +82,9 @@ def client(endpoint: str | None = None, *, concurrency: int = DEFAULT_CONCURRENC
         for key in ("request_checksum_calculation", "response_checksum_validation"):
             if key in Config.OPTION_DEFAULTS and not os.environ.get(f"AWS_{key.upper()}"):
                 options[key] = "when_required"
-    if anonymous:
-        options["signature_version"] = UNSIGNED
+    # SigV4 for presigned URLs too (tensorizer's stream and the direct reads sign one): unless
+    # told, botocore presigns S3 URLs with SigV2, which AWS regions opened since 2014 refuse
+    options["signature_version"] = UNSIGNED if anonymous else "s3v4"
     session = boto3.session.Session(botocore_session=_botocore_session())
     return session.client("s3", endpoint_url=endpoint, config=Config(**options),
                           region_name=region or session.region_name or "us-east-1")

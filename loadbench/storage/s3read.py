@@ -1,6 +1,8 @@
 """Reading objects in place: `read_ranges` and `read_object` (N parallel ranged GETs into
 caller-provided buffers), `get_ceiling` (GET throughput for 1, 8 and 32 parallel ranged requests,
-best and spread) and the ETag helpers `local_etag` and `etag_matches`.
+best and spread) and the ETag helpers `local_etag` and `etag_matches`. Both the reads and the
+ceiling's tries go through s3direct first (presigned GETs, the body read straight into the
+buffer), and through botocore for what it leaves.
 Part of loadbench.storage.objectstore.
 """
 
@@ -16,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from loadbench.errors import CheckpointError, ConfigError
+from loadbench.storage import s3direct
 from loadbench.storage.ceilings import run_workers
 from loadbench.storage.s3client import _errors, _rate, client, list_objects, object_info
 from loadbench.storage.s3types import (
@@ -93,14 +96,15 @@ def etag_matches(path: str, info: ObjectInfo, bucket: str = "", s3: Any = None) 
 
 def _get_into(c: Any, bucket: str, key: str, offset: int, buf: memoryview, etag: str | None,
               attempts: int = 3) -> int:
-    """One ranged GET of len(buf) bytes at `offset`, read into `buf`. botocore retries a request
-    only until its body starts; a body that breaks mid-stream (a reset, a read timeout) is
-    re-requested from where it stopped, `attempts` times in all."""
+    """One ranged GET of len(buf) bytes at `offset`, read into `buf`: straight from the socket
+    (s3direct) where it can, else (or for what it left) through botocore. botocore retries a
+    request only until its body starts; a body that breaks mid-stream (a reset, a read timeout)
+    is re-requested from where it stopped, `attempts` times in all."""
     n = len(buf)
     if n == 0:
         return 0
-    got = 0
-    for attempt in range(attempts):
+    got = s3direct.for_client(c).get(bucket, key, offset, n, buf, etag)
+    for attempt in range(attempts if got < n else 0):
         args: dict[str, Any] = {"Bucket": bucket, "Key": key,
                                 "Range": f"bytes={offset + got}-{offset + n - 1}"}
         if etag:
@@ -193,6 +197,7 @@ def _timed_gets(c: Any, bucket: str, key: str, size: int, streams: int, range_by
     """`streams` threads each issuing ranged GETs of range_bytes (walking the object, wrapping
     around) until the time is up; each reads at least one range. (bytes, seconds, requests)."""
     lock = threading.Lock()
+    direct = s3direct.for_client(c)
     state = {"next": 0, "bytes": 0, "requests": 0}
     errors: list[BaseException] = []
     deadline = time.perf_counter() + seconds
@@ -207,18 +212,19 @@ def _timed_gets(c: Any, bucket: str, key: str, size: int, streams: int, range_by
                     off = state["next"]
                     state["next"] = 0 if off + range_bytes >= size else off + range_bytes
                 n = min(range_bytes, size - off)
-                args = {"Bucket": bucket, "Key": key, "Range": f"bytes={off}-{off + n - 1}"}
-                with _errors(c, bucket, key):
-                    body = c.get_object(**args)["Body"]
-                    got = 0
-                    try:
-                        while True:
-                            k = body.readinto(scratch)
-                            if not k:
-                                break
-                            got += k
-                    finally:
-                        body.close()
+                got = direct.get(bucket, key, off, n, scratch, wrap=True)
+                if got < n:  # what the direct reader left (or all of it): botocore's body
+                    args = {"Bucket": bucket, "Key": key, "Range": f"bytes={off + got}-{off + n - 1}"}
+                    with _errors(c, bucket, key):
+                        body = c.get_object(**args)["Body"]
+                        try:
+                            while True:
+                                k = body.readinto(scratch)
+                                if not k:
+                                    break
+                                got += k
+                        finally:
+                            body.close()
                 with lock:
                     state["bytes"] += got
                     state["requests"] += 1
@@ -263,9 +269,10 @@ def get_ceiling(uri: S3Uri | str, key: str | None = None, *, streams: Sequence[i
             name = f"{n}x{size // MiB}M" if size >= MiB else f"{n}x{size}B"
             say(f"ceilings: GET {name} from {endpoint} (<= {per_try:g} s)")
             nbytes, elapsed, requests = _timed_gets(c, u.bucket, info.key, info.bytes, n, size, per_try)
+            how = s3direct.kind(c)  # after the try: a client that fell back to botocore says so
             tries[name] = {"gbps": _rate(nbytes, elapsed), "bytes": nbytes, "seconds": elapsed,
-                           "requests": requests, "streams": n, "range_bytes": size,
-                           "method": f"{n} parallel ranged GETs of {size // MiB} MiB from {endpoint}"}
+                           "requests": requests, "streams": n, "range_bytes": size, "client": how,
+                           "method": f"{n} parallel ranged GETs of {size // MiB} MiB from {endpoint} ({how})"}
     rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
     best = max((t for t in tries.values() if t.get("gbps")), key=lambda t: t["gbps"])
     spread = {"min_gbps": min(rates), "max_gbps": max(rates), "tries": len(rates)}

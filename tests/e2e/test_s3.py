@@ -19,7 +19,7 @@ import pytest
 
 from loadbench.errors import CheckpointError, ConfigError, Transient, exit_code
 from loadbench.schema.manifest import MANIFEST
-from loadbench.storage import nodecache, objectstore
+from loadbench.storage import nodecache, objectstore, s3direct
 from loadbench.storage.checkpoint import open_checkpoint
 from loadbench.storage.objectstore import ObjectMismatch
 from tests.conftest import ROOT
@@ -177,6 +177,50 @@ def test_ranged_reads_fill_the_callers_buffers(s3_env: S3Server, bucket: str) ->
         objectstore.read_ranges(obj, [(0, 10)], [bytearray(5)])
 
 
+def test_ranged_reads_go_from_the_socket_into_the_buffer_and_errors_to_botocore(
+        s3_env: S3Server, bucket: str) -> None:
+    """The instrument's client: presigned (SigV4) GETs read with readinto, botocore never asked.
+    An answer it cannot use is botocore's to give meaning to: while moto checks signatures, its
+    server answers presigned GETs with a 500, so there every read falls back, still right, and
+    wrong credentials still fail as credentials."""
+    data = os.urandom(2 << 20)
+    s3_env.client().put_object(Bucket=bucket, Key="d/blob.bin", Body=data)
+    obj = f"s3://{bucket}/d/blob.bin"
+    c = objectstore.client(concurrency=4)
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in c.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "d/blob.bin"})  # SigV4, not botocore's SigV2
+    whole = bytearray(len(data))
+    assert objectstore.read_object(obj, whole, range_bytes=256 << 10, concurrency=4, s3=c) == len(data)
+    direct = s3direct.for_client(c)
+    assert bytes(whole) == data and direct.kind == s3direct.NAME == s3direct.kind(c)
+    assert direct.requests == 8 and direct.fallbacks == 0
+    with s3_env.authentication() as (key_id, secret):
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = key_id, secret
+        signed = objectstore.client(concurrency=2)
+        part = bytearray(1 << 20)
+        assert objectstore.read_object(obj, part, offset=4096, concurrency=2, s3=signed) == len(part)
+        assert bytes(part) == data[4096:4096 + len(part)]
+        assert s3direct.for_client(signed).fallbacks == s3direct.for_client(signed).requests > 0
+        os.environ["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-q9w8e7"
+        wrong = objectstore.client(concurrency=2)
+        with pytest.raises(ConfigError) as err:
+            objectstore.read_ranges(obj, [(0, 10)], [bytearray(10)], s3=wrong)
+        assert "credentials" in one_line(err.value) and "wrong-secret" not in one_line(err.value)
+        assert s3direct.for_client(wrong).fallbacks == 1
+        os.environ["AWS_SECRET_ACCESS_KEY"] = secret
+
+
+def test_a_proxy_in_the_environment_leaves_the_reads_to_botocore(
+        s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore sends requests through HTTP(S)_PROXY; a socket of our own would go around it."""
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert s3direct.DirectGets(objectstore.client()).kind == s3direct.FALLBACK
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert s3direct.DirectGets(objectstore.client()).kind == s3direct.NAME
+
+
 def test_a_body_cut_off_mid_stream_is_requested_again_from_where_it_stopped(tmp_path: Path) -> None:
     """A real HTTP server on loopback that sends the headers of the whole range, half of the
     bytes, and closes the connection, once: the ranged read resumes and the bytes are right."""
@@ -230,6 +274,7 @@ def test_the_get_ceiling_is_shaped_like_the_other_ceilings(
     assert 0 < got["spread"]["min_gbps"] <= got["gbps"] == got["spread"]["max_gbps"]
     for t in got["tries"].values():
         assert t["requests"] >= t["streams"] and t["bytes"] > 0
+        assert t["client"] == s3direct.NAME and f"({s3direct.NAME})" in t["method"]
     assert got["object"].endswith("model.tensors")  # the largest object by default
     one = objectstore.get_ceiling(published, "config.json", streams=(2,), range_bytes=64, seconds=0.1)
     assert one["object"] == f"{published}/config.json"
