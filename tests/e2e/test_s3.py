@@ -478,3 +478,22 @@ def test_download_etags_match_and_a_changed_file_does_not(
     data[100] ^= 1
     path.write_bytes(bytes(data))
     assert objectstore.etag_matches(str(path), info, u.bucket, s3_env.client()) is False
+
+
+def test_the_client_ab_times_every_client_on_one_object(
+        s3_env: S3Server, bucket: str, tmp_path: Path) -> None:
+    """benchmarks/s3_client_ab.py: the direct reader, botocore and curl on the same ranges."""
+    s3_env.client().put_object(Bucket=bucket, Key="ab/blob.bin", Body=os.urandom(3 << 20))
+    out = tmp_path / "ab.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "s3_client_ab.py"), f"s3://{bucket}/ab/blob.bin",
+                           "--streams", "1,2", "--range-mb", "1", "--seconds", "0.2", "--rounds", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tries = json.loads(out.read_text())["tries"]
+    clients = {t["client"] for t in tries}
+    assert {s3direct.NAME, s3direct.FALLBACK} <= clients
+    assert ("curl (a process per range)" in clients) == bool(shutil.which("curl"))
+    for t in tries:
+        assert t["gbps"] > 0 and t["bytes"] >= t["range_bytes"] and not t.get("failed"), t
+    assert "GB/s" in proc.stdout
