@@ -28,32 +28,24 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loadbench.storage import objectstore, s3direct  # noqa: E402
+from loadbench.storage.s3read import RangeWalk  # noqa: E402
 
 MiB = 1 << 20
 
 
 def curl_try(url: str, size: int, streams: int, range_bytes: int, seconds: float) -> dict[str, Any]:
-    """`streams` threads, each running one `curl` per range (to /dev/null) until the time is up."""
-    lock = threading.Lock()
-    state = {"next": 0, "bytes": 0, "requests": 0, "failed": 0}
-    deadline = time.perf_counter() + seconds
+    """`streams` threads, each running one `curl` per range (to /dev/null) until the time is up:
+    the ranges the ceiling's own tries read (RangeWalk)."""
+    walk = RangeWalk(size, range_bytes, seconds)
+    failed = []
 
     def worker() -> None:
-        first = True
-        while first or time.perf_counter() < deadline:
-            first = False
-            with lock:
-                off = state["next"]
-                state["next"] = 0 if off + range_bytes >= size else off + range_bytes
-            n = min(range_bytes, size - off)
+        for off, n in walk.ranges():
             proc = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-r", f"{off}-{off + n - 1}", url],
                                   capture_output=True)
-            with lock:
-                state["requests"] += 1
-                if proc.returncode:
-                    state["failed"] += 1
-                else:
-                    state["bytes"] += n
+            if proc.returncode:
+                failed.append(proc.returncode)
+            walk.done(0 if proc.returncode else n)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(streams)]
@@ -62,8 +54,8 @@ def curl_try(url: str, size: int, streams: int, range_bytes: int, seconds: float
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"gbps": state["bytes"] / elapsed / 1e9, "bytes": state["bytes"], "seconds": elapsed,
-            "requests": state["requests"], "failed": state["failed"], "streams": streams,
+    return {"gbps": walk.bytes / elapsed / 1e9, "bytes": walk.bytes, "seconds": elapsed,
+            "requests": walk.requests, "failed": len(failed), "streams": streams,
             "range_bytes": range_bytes, "client": "curl (a process per range)"}
 
 

@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -192,26 +192,45 @@ def read_object(obj: S3Uri | str, into: Buffer, *, offset: int = 0,
 
 # --------------------------------------------------------------------------- the GET ceiling
 
+class RangeWalk:
+    """What a throughput try reads: ranges of one object handed to its threads in turn, walking
+    the object and wrapping around at its end, until the time is up (each thread gets at least
+    one); the bytes and requests the threads report, summed."""
+
+    def __init__(self, size: int, range_bytes: int, seconds: float) -> None:
+        self.size, self.range_bytes = size, range_bytes
+        self.deadline = time.perf_counter() + seconds
+        self.lock = threading.Lock()
+        self.next = self.bytes = self.requests = 0
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        """(offset, length) for one thread, until the deadline."""
+        first = True
+        while first or time.perf_counter() < self.deadline:
+            first = False
+            with self.lock:
+                off = self.next
+                self.next = 0 if off + self.range_bytes >= self.size else off + self.range_bytes
+            yield off, min(self.range_bytes, self.size - off)
+
+    def done(self, nbytes: int) -> None:
+        with self.lock:
+            self.bytes += nbytes
+            self.requests += 1
+
+
 def _timed_gets(c: Any, bucket: str, key: str, size: int, streams: int, range_bytes: int,
                 seconds: float) -> tuple[int, float, int]:
-    """`streams` threads each issuing ranged GETs of range_bytes (walking the object, wrapping
-    around) until the time is up; each reads at least one range. (bytes, seconds, requests)."""
-    lock = threading.Lock()
+    """`streams` threads each issuing ranged GETs of range_bytes (a RangeWalk) until the time is
+    up. (bytes, seconds, requests)."""
     direct = s3direct.for_client(c)
-    state = {"next": 0, "bytes": 0, "requests": 0}
+    walk = RangeWalk(size, range_bytes, seconds)
     errors: list[BaseException] = []
-    deadline = time.perf_counter() + seconds
 
     def worker() -> None:
         scratch = memoryview(bytearray(min(range_bytes, READ_CHUNK * 8, max(size, 1))))
-        first = True
         try:
-            while first or time.perf_counter() < deadline:
-                first = False
-                with lock:
-                    off = state["next"]
-                    state["next"] = 0 if off + range_bytes >= size else off + range_bytes
-                n = min(range_bytes, size - off)
+            for off, n in walk.ranges():
                 got = direct.get(bucket, key, off, n, scratch, wrap=True)
                 if got < n:  # what the direct reader left (or all of it): botocore's body
                     args = {"Bucket": bucket, "Key": key, "Range": f"bytes={off + got}-{off + n - 1}"}
@@ -225,14 +244,12 @@ def _timed_gets(c: Any, bucket: str, key: str, size: int, streams: int, range_by
                                 got += k
                         finally:
                             body.close()
-                with lock:
-                    state["bytes"] += got
-                    state["requests"] += 1
+                walk.done(got)
         except BaseException as e:  # reported to the caller
             errors.append(e)
 
     elapsed = run_workers(worker, streams, errors, "loadbench-get")
-    return state["bytes"], elapsed, state["requests"]
+    return walk.bytes, elapsed, walk.requests
 
 
 def largest_object(uri: S3Uri | str, s3: Any = None) -> ObjectInfo:
