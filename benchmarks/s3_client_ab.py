@@ -41,11 +41,12 @@ def curl_try(url: str, size: int, streams: int, range_bytes: int, seconds: float
 
     def worker() -> None:
         for off, n in walk.ranges():
-            proc = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-r", f"{off}-{off + n - 1}", url],
-                                  capture_output=True)
-            if proc.returncode:
-                failed.append(proc.returncode)
-            walk.done(0 if proc.returncode else n)
+            proc = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}",
+                                   "-r", f"{off}-{off + n - 1}", url], capture_output=True, text=True)
+            got = int(proc.stdout or 0) if not proc.returncode else 0
+            if proc.returncode or got != n:  # a server that ignored the range would inflate the rate
+                failed.append(proc.returncode or got)
+            walk.done(min(got, n))
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(streams)]

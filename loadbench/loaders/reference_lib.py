@@ -51,7 +51,8 @@ DEFAULT_PIN = "register"
 
 def file_threads() -> int:
     """Readers from files: page-cache copies are CPU work, so one a usable CPU, leaving 4 for
-    the copies' submission and the rest of the process, as InstantTensor does (cpu_count - 4)."""
+    the copies' submission and the rest of the process, as InstantTensor does (cpu_count - 4).
+    At least 4 all the same: a pod with 4 to 8 CPUs gets 4 readers and no spare CPU."""
     return max(MIN_FILE_THREADS, min(MAX_FILE_THREADS, cpus.usable() - 4))
 ALIGN = 256
 
@@ -383,7 +384,8 @@ class Objects:
 def _remote(ctx: LoadContext) -> tuple[Remote, tuple[int, int, int, str]]:
     """(remote, its _shape): as many GETs in flight as the client's pool holds, ranges of
     S3_PART_BYTES (as the GET ceiling measures), unless the options say; a buffer a request
-    (the network, not the copy, is what a second one would wait for; 16 x 64 MiB is 1 GiB)."""
+    (the network, not the copy, is what a second one would wait for; 16 x 64 MiB is 1 GiB,
+    registered with cudaHostRegister unless REF_PIN=ALLOC, as from files)."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
     return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes, per_thread=1)

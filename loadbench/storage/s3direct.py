@@ -8,10 +8,12 @@ endpoint and the credentials and signs (a presigned URL, as tensorizer streams o
 thread keeps one keep-alive `http.client` connection whose body is read with `readinto` into
 the destination: one copy, socket to buffer, the GIL released while the kernel copies.
 
-Anything this client cannot read as a plain 200/206 answer (an error status, a reset, a proxy
-in the way, TLS it cannot verify) is left to botocore: `get` returns the bytes it did read,
-and the caller's botocore path goes on from there, so errors keep their one meaning
-(loadbench.storage.s3client.error_for) and nothing here has to know S3's error codes.
+Anything this client cannot read as a plain answer for the range it asked (a 206 whose
+Content-Range starts elsewhere, an error status, a reset, a proxy in the way, TLS it cannot
+verify) is left to botocore: `get` returns the bytes it did read, and the caller's botocore path
+goes on from there, so errors keep their one meaning (loadbench.storage.s3client.error_for) and
+nothing here has to know S3's error codes. After GIVE_UP_AFTER such answers in a row it stops
+trying (no request pays two round trips for long), and `kind`/`label` say which client read.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from urllib.parse import urlsplit
 from loadbench.storage.s3types import READ_CHUNK
 
 PRESIGN_SECONDS = 3600
-RENEW_AFTER = 1800  # a URL is signed again after this: credentials (a pod's role) rotate
+RENEW_AFTER = 600  # a URL is signed again after this: temporary credentials (a pod's role) rotate
+GIVE_UP_AFTER = 3  # answers in a row it could not use: botocore reads the rest (no double trips)
 NAME = "http.client readinto, presigned"
 FALLBACK = "botocore"
 
@@ -44,33 +47,64 @@ def _proxied(scheme: str, host: str) -> bool:
     return bool(proxies.get(scheme)) and not urllib.request.proxy_bypass(host)
 
 
+def label(requests: int, fallbacks: int, enabled: bool = True) -> str:
+    """Which client read a run of `requests` ranged GETs, `fallbacks` of them left to botocore."""
+    if requests == 0:
+        return NAME if enabled else FALLBACK
+    if fallbacks == 0:
+        return NAME
+    if fallbacks >= requests:
+        return FALLBACK
+    return f"{NAME}; botocore for {fallbacks} of {requests} requests"
+
+
+def _range_start(content_range: str | None) -> tuple[int, int] | None:
+    """(first, last) of a Content-Range header 'bytes first-last/total', or None."""
+    try:
+        unit, rest = (content_range or "").split(" ", 1)
+        first, last = rest.split("/", 1)[0].split("-", 1)
+        return (int(first), int(last)) if unit == "bytes" else None
+    except ValueError:
+        return None
+
+
 class DirectGets:
     """One client's ranged GETs over presigned URLs, a keep-alive connection per thread.
-    `enabled` turns False for good after a failure that is not an HTTP answer (TLS, a refused
-    connection): botocore then reads everything, and `kind` says so."""
+    `enabled` turns False for good after a TLS failure, or after GIVE_UP_AFTER answers in a row
+    it could not use: botocore then reads everything, and `kind` says so. The client is held
+    weakly: this reader lives as long as its client, never longer."""
 
     def __init__(self, s3: Any) -> None:
-        self.s3 = s3
+        self._s3 = weakref.ref(s3)
+        config = s3.meta.config
+        self.connect_timeout = float(getattr(config, "connect_timeout", 3) or 3)
+        self.read_timeout = float(getattr(config, "read_timeout", 60) or 60)
         endpoint = urlsplit(s3.meta.endpoint_url or "")
-        self.enabled = endpoint.scheme in ("http", "https") and not _proxied(endpoint.scheme,
-                                                                             endpoint.hostname or "")
+        self.enabled = endpoint.scheme in ("http", "https")
         self.urls: dict[tuple[str, str], tuple[float, str, str, str, int]] = {}
         self.lock = threading.Lock()
         self.local = threading.local()
-        self.requests = self.fallbacks = 0
+        self.requests = self.fallbacks = self.unusable = 0
 
     @property
     def kind(self) -> str:
-        return NAME if self.enabled else FALLBACK
+        return label(self.requests, self.fallbacks, self.enabled)
 
-    def _url(self, bucket: str, key: str) -> tuple[str, str, int, str]:
+    def counters(self) -> tuple[int, int]:
+        with self.lock:
+            return self.requests, self.fallbacks
+
+    def _url(self, bucket: str, key: str, fresh: bool = False) -> tuple[str, str, int, str]:
         """(scheme, host, port, path with the signature), signed at most RENEW_AFTER ago."""
         now = time.monotonic()
         with self.lock:
-            got = self.urls.get((bucket, key))
+            got = None if fresh else self.urls.get((bucket, key))
         if got is None or now - got[0] > RENEW_AFTER:
-            url = urlsplit(self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                                          ExpiresIn=PRESIGN_SECONDS))
+            s3 = self._s3()
+            if s3 is None:
+                raise RuntimeError("s3direct: the client is gone")
+            url = urlsplit(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                     ExpiresIn=PRESIGN_SECONDS))
             port = url.port or (443 if url.scheme == "https" else 80)
             got = (now, url.scheme, url.hostname or "", f"{url.path}?{url.query}" if url.query else url.path,
                    port)
@@ -79,18 +113,21 @@ class DirectGets:
         return got[1], got[2], got[4], got[3]
 
     def _connection(self, scheme: str, host: str, port: int) -> tuple[http.client.HTTPConnection, bool]:
-        """(this thread's connection to host:port, whether it is one already used)."""
+        """(this thread's connection to host:port, whether it is one already used). A new one
+        connects within the client's connect timeout, then reads within its read timeout."""
         conn = getattr(self.local, "conn", None)
         if conn is not None and (conn.host, conn.port) == (host, port):
             return conn, True
         self._drop()
-        timeout = float(getattr(self.s3.meta.config, "read_timeout", 60) or 60)
         if scheme == "https":
             context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+            conn = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=context)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
         self.local.conn = conn
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.settimeout(self.read_timeout)
         return conn, False
 
     def _drop(self) -> None:
@@ -103,30 +140,51 @@ class DirectGets:
             wrap: bool = False) -> int:
         """Read bytes [offset, offset + n) of the object into `into` (or, with `wrap`, through
         it over and over: a throughput try keeps nothing). Returns how many bytes it read, n
-        unless it left the rest to botocore."""
-        if not self.enabled or n <= 0:
+        unless it left the rest to botocore; a byte it returns is always the object's byte at
+        its offset (an answer for another range is never read)."""
+        if n <= 0:
             return 0
+        with self.lock:
+            self.requests += 1
+        if not self.enabled:
+            return self._fallback(usable=True)
         scheme, host, port, path = self._url(bucket, key)
+        if _proxied(scheme, host):
+            return self._fallback(usable=True)  # botocore goes through the proxy; a socket would not
         headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
         if etag:
             headers["If-Match"] = etag
-        with self.lock:
-            self.requests += 1
+        signed_anew = False
         while True:
-            conn, reused = self._connection(scheme, host, port)
+            try:
+                conn, reused = self._connection(scheme, host, port)
+            except ssl.SSLError:
+                self._drop()
+                self.enabled = False  # TLS this client cannot verify: botocore's trust, for good
+                return self._fallback()
+            except (OSError, http.client.HTTPException):
+                self._drop()
+                return self._fallback()  # refused or timed out: botocore retries and says what
             try:
                 conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
-                break
             except (OSError, http.client.HTTPException):
                 self._drop()
                 if reused:
                     continue  # a keep-alive connection the server had closed: once more, anew
-                # TLS, a refused or reset connection: botocore retries and says what it means
-                self.enabled = False
                 return self._fallback()
-        if resp.status != 206 and not (resp.status == 200 and offset == 0):
-            self._drop()  # an error answer (its body unread), or a server that ignored the range
+            if resp.status in (400, 403) and not signed_anew:
+                self._drop()  # perhaps a URL signed with credentials since rotated: sign again
+                scheme, host, port, path = self._url(bucket, key, fresh=True)
+                signed_anew = True
+                continue
+            break
+        span = _range_start(resp.getheader("Content-Range"))
+        if not ((resp.status == 206 and span is not None and span[0] == offset and span[1] <= offset + n - 1)
+                or (resp.status == 200 and offset == 0)):
+            # an error answer (its body unread), a server that ignored the range, or an answer
+            # for another range than asked: botocore gives it its meaning
+            self._drop()
             return self._fallback()
         got = 0
         try:
@@ -143,13 +201,19 @@ class DirectGets:
         except (OSError, http.client.HTTPException):
             self._drop()  # cut off mid-body: botocore asks for the rest
             return got
-        if got < n or resp.length:  # shorter than asked (or a longer body): the connection is done
+        if got < n or not resp.isclosed():  # short, or more body than asked (a 200, chunked)
             self._drop()
+        with self.lock:
+            self.unusable = 0
         return got
 
-    def _fallback(self) -> int:
+    def _fallback(self, usable: bool = False) -> int:
         with self.lock:
             self.fallbacks += 1
+            if not usable:
+                self.unusable += 1
+                if self.unusable >= GIVE_UP_AFTER:
+                    self.enabled = False
         return 0
 
 
@@ -163,5 +227,5 @@ def for_client(s3: Any) -> DirectGets:
 
 
 def kind(s3: Any) -> str:
-    """How this client's ranged GETs are read (what the documents record): NAME or FALLBACK."""
+    """How this client's ranged GETs were read so far (what the documents record)."""
     return for_client(s3).kind

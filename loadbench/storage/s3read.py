@@ -285,8 +285,10 @@ def get_ceiling(uri: S3Uri | str, key: str | None = None, *, streams: Sequence[i
         for size in sizes:
             name = f"{n}x{size // MiB}M" if size >= MiB else f"{n}x{size}B"
             say(f"ceilings: GET {name} from {endpoint} (<= {per_try:g} s)")
+            before = s3direct.for_client(c).counters()
             nbytes, elapsed, requests = _timed_gets(c, u.bucket, info.key, info.bytes, n, size, per_try)
-            how = s3direct.kind(c)  # after the try: a client that fell back to botocore says so
+            after = s3direct.for_client(c).counters()  # which client read this try's GETs
+            how = s3direct.label(after[0] - before[0], after[1] - before[1])
             tries[name] = {"gbps": _rate(nbytes, elapsed), "bytes": nbytes, "seconds": elapsed,
                            "requests": requests, "streams": n, "range_bytes": size, "client": how,
                            "method": f"{n} parallel ranged GETs of {size // MiB} MiB from {endpoint} ({how})"}

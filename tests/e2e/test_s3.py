@@ -201,6 +201,7 @@ def test_ranged_reads_go_from_the_socket_into_the_buffer_and_errors_to_botocore(
         assert objectstore.read_object(obj, part, offset=4096, concurrency=2, s3=signed) == len(part)
         assert bytes(part) == data[4096:4096 + len(part)]
         assert s3direct.for_client(signed).fallbacks == s3direct.for_client(signed).requests > 0
+        assert s3direct.kind(signed) == s3direct.FALLBACK  # given up after 3 unusable answers
         os.environ["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-q9w8e7"
         wrong = objectstore.client(concurrency=2)
         with pytest.raises(ConfigError) as err:
@@ -211,14 +212,83 @@ def test_ranged_reads_go_from_the_socket_into_the_buffer_and_errors_to_botocore(
 
 
 def test_a_proxy_in_the_environment_leaves_the_reads_to_botocore(
-        s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """botocore sends requests through HTTP(S)_PROXY; a socket of our own would go around it."""
+        s3_env: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore sends requests through HTTP(S)_PROXY; a socket of our own would go around it, so
+    the direct reader reads nothing where the endpoint's host is proxied, and says so."""
+    s3_env.client().put_object(Bucket=bucket, Key="p/blob.bin", Body=b"0123456789")
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    assert s3direct.DirectGets(objectstore.client()).kind == s3direct.FALLBACK
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    c = objectstore.client()  # held: a direct reader lives as long as its client
+    proxied = s3direct.for_client(c)
+    assert proxied.get(bucket, "p/blob.bin", 0, 10, memoryview(bytearray(10))) == 0
+    assert proxied.counters() == (1, 1) and proxied.kind == s3direct.FALLBACK
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    assert s3direct.DirectGets(objectstore.client()).kind == s3direct.NAME
+    c2 = objectstore.client()
+    direct = s3direct.for_client(c2)
+    buf = bytearray(10)
+    assert direct.get(bucket, "p/blob.bin", 0, 10, memoryview(buf)) == 10 and bytes(buf) == b"0123456789"
+    assert direct.kind == s3direct.NAME
+
+
+def test_the_direct_reader_never_places_an_answer_for_another_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile server on loopback: a 206 for a range it was not asked, a 200 with the whole
+    object for a range that does not start at 0, a chunked body. The bytes are right every time,
+    from botocore where the direct reader could not trust the answer; the label says which."""
+    import http.server
+
+    data = os.urandom(1 << 16)
+    mode = {"how": "shifted"}
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            first, last = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
+            presigned = "X-Amz-Signature" in self.path
+            if presigned and mode["how"] == "shifted":
+                first, last = first + 16, last + 16  # another range than asked, labelled as such
+            if presigned and mode["how"] == "whole":
+                body, status, extra = data, 200, {}
+            else:
+                body, status = data[first:last + 1], 206
+                extra = {"Content-Range": f"bytes {first}-{first + len(body) - 1}/{len(data)}"}
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/octet-stream", "ETag": '"0123456789abcdef"',
+                         **extra}.items():
+                self.send_header(k, v)
+            if presigned and mode["how"] == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for at in range(0, len(body), 4096):
+                    piece = body[at:at + 4096]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "hostile-test")  # signed: the direct reader presigns
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hostile-secret")
+        for how, expected in (("shifted", s3direct.FALLBACK), ("whole", s3direct.FALLBACK),
+                              ("chunked", s3direct.NAME)):
+            mode["how"] = how
+            c = objectstore.client(endpoint, read_timeout=5)
+            for offset in (100, 5000):
+                into = bytearray(3000)
+                assert objectstore.read_ranges("s3://hostile/blob", [(offset, 3000)], [into], s3=c) == 3000
+                assert bytes(into) == data[offset:offset + 3000], (how, offset)
+            assert s3direct.kind(c) == expected, how
+    finally:
+        server.shutdown()
 
 
 def test_a_body_cut_off_mid_stream_is_requested_again_from_where_it_stopped(tmp_path: Path) -> None:
@@ -256,11 +326,15 @@ def test_a_body_cut_off_mid_stream_is_requested_again_from_where_it_stopped(tmp_
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        c = objectstore.client(f"http://127.0.0.1:{server.server_address[1]}", anonymous=True, read_timeout=5)
-        into = bytearray(600_000)
-        assert objectstore.read_ranges("s3://flaky/blob", [(1000, len(into))], [into], s3=c) == len(into)
-        assert bytes(into) == data[1000:1000 + len(into)]
-        assert ranges_seen[0] == "bytes=1000-600999" and ranges_seen[1] == "bytes=301000-600999"
+        for direct in (True, False):  # the direct reader hands over to botocore; botocore alone
+            ranges_seen.clear()
+            c = objectstore.client(f"http://127.0.0.1:{server.server_address[1]}", anonymous=True,
+                                   read_timeout=5)
+            s3direct.for_client(c).enabled = direct
+            into = bytearray(600_000)
+            assert objectstore.read_ranges("s3://flaky/blob", [(1000, len(into))], [into], s3=c) == len(into)
+            assert bytes(into) == data[1000:1000 + len(into)]
+            assert ranges_seen == ["bytes=1000-600999", "bytes=301000-600999"], (direct, ranges_seen)
     finally:
         server.shutdown()
 

@@ -3,15 +3,17 @@ exception types), cache entry names, part and range arithmetic, the client's con
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadbench.errors import CheckpointError, ConfigError, Transient, exit_code
-from loadbench.storage import nodecache, objectstore
+from loadbench.storage import nodecache, objectstore, s3direct
 from loadbench.storage.objectstore import ObjectInfo, ObjectMismatch, S3Uri, parse_uri, redact
 
 pytest.importorskip("boto3")
@@ -237,3 +239,16 @@ def test_an_entry_without_a_record_or_with_a_wrong_size_is_not_served(tmp_path: 
     assert "changed in the bucket" in nodecache.problems(str(tmp_path), record, ["st"], listing)[0]
     (tmp_path / "st" / "m.bin").write_bytes(b"123")
     assert "is 3 bytes" in nodecache.problems(str(tmp_path), record, ["st"], None)[0]
+
+
+def test_a_direct_reader_lives_no_longer_than_its_client_and_labels_its_reads():
+    c = objectstore.client("http://127.0.0.1:9", anonymous=True)
+    reader = s3direct.for_client(c)
+    assert s3direct.for_client(c) is reader and reader.kind == s3direct.NAME
+    gone = weakref.ref(c)
+    del c
+    gc.collect()
+    assert gone() is None, "the reader keeps its client (and its connection pool) alive"
+    assert s3direct.label(0, 0, enabled=False) == s3direct.FALLBACK
+    assert s3direct.label(8, 0) == s3direct.NAME and s3direct.label(8, 8) == s3direct.FALLBACK
+    assert s3direct.label(8, 3) == f"{s3direct.NAME}; botocore for 3 of 8 requests"
