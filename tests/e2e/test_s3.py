@@ -3,7 +3,9 @@ the GET ceiling, error mapping, and the node cache with a herd of real processes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Union
 
@@ -231,18 +234,34 @@ def test_a_proxy_in_the_environment_leaves_the_reads_to_botocore(
     assert direct.kind == s3direct.NAME
 
 
+class Quiet(http.server.BaseHTTPRequestHandler):
+    """A loopback test server's handler: keep-alive HTTP/1.1, no request log."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def loopback(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 with `handler`, for as long as the block; its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_direct_reader_never_places_an_answer_for_another_range(monkeypatch: pytest.MonkeyPatch) -> None:
     """A hostile server on loopback: a 206 for a range it was not asked, a 200 with the whole
     object for a range that does not start at 0, a chunked body. The bytes are right every time,
     from botocore where the direct reader could not trust the answer; the label says which."""
-    import http.server
-
     data = os.urandom(1 << 16)
     mode = {"how": "shifted"}
 
-    class Hostile(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Hostile(Quiet):
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
             first, last = (int(x) for x in self.headers["Range"].split("=")[1].split("-"))
             presigned = "X-Amz-Signature" in self.path
@@ -269,13 +288,7 @@ def test_the_direct_reader_never_places_an_answer_for_another_range(monkeypatch:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    with loopback(Hostile) as endpoint:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "hostile-test")  # signed: the direct reader presigns
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hostile-secret")
         for how, expected in (("shifted", s3direct.FALLBACK), ("whole", s3direct.FALLBACK),
@@ -287,21 +300,15 @@ def test_the_direct_reader_never_places_an_answer_for_another_range(monkeypatch:
                 assert objectstore.read_ranges("s3://hostile/blob", [(offset, 3000)], [into], s3=c) == 3000
                 assert bytes(into) == data[offset:offset + 3000], (how, offset)
             assert s3direct.kind(c) == expected, how
-    finally:
-        server.shutdown()
 
 
 def test_a_body_cut_off_mid_stream_is_requested_again_from_where_it_stopped(tmp_path: Path) -> None:
     """A real HTTP server on loopback that sends the headers of the whole range, half of the
     bytes, and closes the connection, once: the ranged read resumes and the bytes are right."""
-    import http.server
-
     data = os.urandom(1 << 20)
     ranges_seen: list[str] = []
 
-    class Flaky(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Flaky(Quiet):
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
             spec = self.headers["Range"]
             ranges_seen.append(spec)
@@ -320,23 +327,15 @@ def test_a_body_cut_off_mid_stream_is_requested_again_from_where_it_stopped(tmp_
                 return
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with loopback(Flaky) as endpoint:
         for direct in (True, False):  # the direct reader hands over to botocore; botocore alone
             ranges_seen.clear()
-            c = objectstore.client(f"http://127.0.0.1:{server.server_address[1]}", anonymous=True,
-                                   read_timeout=5)
+            c = objectstore.client(endpoint, anonymous=True, read_timeout=5)
             s3direct.for_client(c).enabled = direct
             into = bytearray(600_000)
             assert objectstore.read_ranges("s3://flaky/blob", [(1000, len(into))], [into], s3=c) == len(into)
             assert bytes(into) == data[1000:1000 + len(into)]
             assert ranges_seen == ["bytes=1000-600999", "bytes=301000-600999"], (direct, ranges_seen)
-    finally:
-        server.shutdown()
 
 
 def test_the_get_ceiling_is_shaped_like_the_other_ceilings(
