@@ -155,3 +155,23 @@ def test_the_reference_default_shape_is_instanttensors():
     # from object storage the caller's defaults (S3_CONCURRENCY, S3_PART_BYTES) replace the files'
     assert reference_lib._shape(SimpleNamespace(options={}), 16, 64 << 20, per_thread=1) == (
         16, 64 << 20, 16, "register")
+
+
+def test_a_warm_trial_reads_back_only_the_pages_the_kernel_dropped(tmp_path):
+    """Warm with 99% or more resident: not the whole checkpoint again, only the missing runs."""
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(8 << 20))
+    cache.evict([str(path)])  # written pages, once synced and dropped, come back by reads alone
+    cache.warm([str(path)])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 1 << 20, 2 << 20, os.POSIX_FADV_DONTNEED)  # a hole in the middle
+    finally:
+        os.close(fd)
+    runs = cache.missing(str(path))
+    if not runs:
+        pytest.skip("this filesystem ignores posix_fadvise(DONTNEED): no page to read back")
+    assert all((1 << 20) <= off and off + n <= (3 << 20) for off, n in runs), runs
+    assert cache.fill([str(path)]) == sum(n for _, n in runs) <= 2 << 20
+    assert cache.missing(str(path)) == [] and cache.residency([str(path)]) == 1.0
+    assert cache.fill([str(path)]) == 0  # nothing missing: nothing read
