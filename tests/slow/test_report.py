@@ -143,7 +143,7 @@ def test_plot_results_writes_figures_and_tables_that_match_the_raw_trials(result
     # The terminal: tables, which loader to pick, and a closing summary.
     assert "Which loader to pick:" in proc.stdout and "opt-tiny on x86_64" in proc.stdout
     last = proc.stderr.strip().splitlines()[-1]
-    assert "verified loads" in last and f"wrote {len(pngs) * 2 + 3} files" in last
+    assert "verified loads" in last and f"wrote {(len(pngs) + len(timelines)) * 2 + 3} files" in last
 
 
 def test_help_prints_and_touches_nothing(tmp_path):
