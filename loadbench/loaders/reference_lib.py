@@ -47,6 +47,7 @@ DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F
 # CPU but 4 (at most 12, at least 4), two registered buffers a thread.
 DEFAULT_CHUNK, BUFFERS_PER_THREAD, MAX_FILE_THREADS, MIN_FILE_THREADS = 8 << 20, 2, 12, 4
 DEFAULT_PIN = "register"
+ALIGN = 256
 
 
 def file_threads() -> int:
@@ -54,7 +55,7 @@ def file_threads() -> int:
     the copies' submission and the rest of the process, as InstantTensor does (cpu_count - 4).
     At least 4 all the same: a pod with 4 to 8 CPUs gets 4 readers and no spare CPU."""
     return max(MIN_FILE_THREADS, min(MAX_FILE_THREADS, cpus.usable() - 4))
-ALIGN = 256
+
 
 Section = tuple[str, int, int, int]  # (source, file offset, allocation offset, bytes)
 # One unit of work: (source, spans [(file offset, bytes), ...] that land back to back, allocation

@@ -18,7 +18,6 @@ from typing import Callable, Iterable
 from loadbench.terminal import Progress
 
 COLD_LIMIT = 0.05  # a "cold" trial with more resident than this is flagged
-WARM_ENOUGH = 0.99  # warm: a checkpoint this resident gets only its missing pages read
 READ_CHUNK = 16 << 20
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -94,43 +93,31 @@ PROGRESS_BYTES = 2 << 30  # warming more than this shows progress
 
 
 def warm(paths: Iterable[str], log: Callable[[str], None] | None = None) -> int:
-    """Read the files fully so that every page is resident; returns bytes read.
-
-    On a 60 GB checkpoint this takes minutes: with `log`, it shows progress."""
-    paths = list(paths)
-    size = sum(os.path.getsize(p) for p in paths)
+    """Read every page of the files that is not in the page cache, so that all are resident;
+    returns bytes read. A checkpoint already resident costs nothing again (a warm pod reads back
+    only what the kernel reclaimed since: 13 GB re-read was ~2 s a trial); a cold 60 GB one
+    takes minutes: with `log`, it shows progress."""
+    runs = {path: missing(path) for path in paths}
+    size = sum(n for todo in runs.values() for _, n in todo)
     progress = Progress("warming the page cache", size, log) if log and size > PROGRESS_BYTES else None
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
+    view = memoryview(bytearray(READ_CHUNK))
     total = 0
-    for path in paths:
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-                if progress:
-                    progress.advance(n)
-    if progress and log:
-        log(f"warmed {total / 1e9:.1f} GB in {progress.finish():.1f} s")
-    return total
-
-
-def fill(paths: Iterable[str]) -> int:
-    """Read only the pages of the files that are not in the page cache; returns bytes read."""
-    buf = bytearray(READ_CHUNK)
-    total = 0
-    for path in paths:
-        runs = missing(path)
-        if not runs:
+    for path, todo in runs.items():
+        if not todo:
             continue
         with open(path, "rb", buffering=0) as f:
-            for offset, length in runs:
+            for offset, length in todo:
                 end = offset + length
                 while offset < end:
-                    n = os.preadv(f.fileno(), [memoryview(buf)[:min(READ_CHUNK, end - offset)]], offset)
+                    n = os.preadv(f.fileno(), [view[:min(READ_CHUNK, end - offset)]], offset)
                     if n <= 0:
                         break  # the last page's run ends past the end of the file
                     offset += n
                     total += n
+                    if progress:
+                        progress.advance(n)
+    if progress and log:
+        log(f"warmed {total / 1e9:.1f} GB in {progress.finish():.1f} s")
     return total
 
 
@@ -139,12 +126,7 @@ def prepare(mode: str, paths: list[str], log: Callable[[str], None] | None = Non
     if mode == "cold":
         evict(paths)
     elif mode == "warm":
-        # Reading 13 GB again to warm what is already resident costs a pod ~2 s per trial: a
-        # mostly resident checkpoint gets only the pages the kernel reclaimed since read again.
-        if residency(paths) < WARM_ENOUGH:
-            warm(paths, log)
-        else:
-            fill(paths)
+        warm(paths, log)
     elif mode != "asis":
         raise ValueError(f"unknown cache mode {mode!r}")
     return residency(paths)

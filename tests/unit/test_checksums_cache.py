@@ -158,7 +158,7 @@ def test_the_reference_default_shape_is_instanttensors():
 
 
 def test_a_warm_trial_reads_back_only_the_pages_the_kernel_dropped(tmp_path):
-    """Warm with 99% or more resident: not the whole checkpoint again, only the missing runs."""
+    """Warming a mostly resident checkpoint reads not the whole of it again, only the missing runs."""
     path = tmp_path / "blob.bin"
     path.write_bytes(os.urandom(8 << 20))
     cache.evict([str(path)])  # written pages, once synced and dropped, come back by reads alone
@@ -172,6 +172,6 @@ def test_a_warm_trial_reads_back_only_the_pages_the_kernel_dropped(tmp_path):
     if not runs:
         pytest.skip("this filesystem ignores posix_fadvise(DONTNEED): no page to read back")
     assert all((1 << 20) <= off and off + n <= (3 << 20) for off, n in runs), runs
-    assert cache.fill([str(path)]) == sum(n for _, n in runs) <= 2 << 20
+    assert cache.warm([str(path)]) == sum(n for _, n in runs) <= 2 << 20
     assert cache.missing(str(path)) == [] and cache.residency([str(path)]) == 1.0
-    assert cache.fill([str(path)]) == 0  # nothing missing: nothing read
+    assert cache.warm([str(path)]) == 0  # nothing missing: nothing read
