@@ -42,6 +42,16 @@ def _state(state: str) -> str:
     return STATE_TEXT.get(state, state) if fr.is_remote(state) else f"{state} page cache"
 
 
+LEGEND_GAP_IN = 0.55       # a legend below an axis starts this far under it: below its x label
+
+
+def _below(ax: Any) -> float:
+    """The axes-fraction y a legend under `ax` starts at: a fixed distance in inches, so a short
+    axis (one bar) does not put its legend over its own x label."""
+    height = ax.figure.get_size_inches()[1] * ax.get_position().height
+    return -LEGEND_GAP_IN / height if height > 0 else -0.12
+
+
 def _plt() -> Any:
     import matplotlib
     matplotlib.use("Agg")
@@ -135,7 +145,7 @@ def load_times(g: Group) -> Any | None:
     if g.reference_s:
         ax.axvline(g.reference_s, color=REFERENCE_COLOUR, linestyle="--", linewidth=1.2,
                    label=f"loadbench reference loader, median {fmt_s(g.reference_s)} s")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, _below(ax)), frameon=False)
     values = [v for d in data for v in d] + ([g.reference_s] if g.reference_s else [])
     if _wants_log(values):
         _log_axis(ax)
@@ -205,7 +215,7 @@ def throughput(g: Group) -> Any | None:
     labels += extra
     if handles:
         legend = ax.legend(handles, [esc(x) for x in labels], fontsize=8, loc="upper center",
-                           bbox_to_anchor=(0.5, -0.12), frameon=False, handlelength=2.5)
+                           bbox_to_anchor=(0.5, _below(ax)), frameon=False, handlelength=2.5)
         for text, label in zip(legend.get_texts(), labels):
             if label in extra:
                 text.set_color(CEILING_COLOUR)
@@ -269,7 +279,7 @@ def pod_time(g: Group, phases: dict[str, str]) -> Any | None:
     ax.set_xlim(0, max(left + [1e-9]) * 1.3)
     ax.set_xlabel("seconds (median per document)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=min(len(cols), 5),
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, _below(ax)), ncol=min(len(cols), 5),
               frameon=False)
     ax.set_title(esc(f"Pod time by phase, process start to document\n{g.model} on {g.device}, "
                      f"{_state(g.state)}"), fontsize=10)
