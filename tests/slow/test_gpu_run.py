@@ -135,3 +135,48 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
     manifest = json.loads((work / "models" / "llama-tiny" / "manifest.json").read_text())
     assert sorted(manifest["formats"]) == ["safetensors", "tensorizer"]  # only what the pods read
     assert not (work / "weed").exists() and not (work / "s3pods").exists()  # removed at the end
+
+
+def _gpu_run(tmp_path: Path, phases: list[str], timeout: float = 600, **extra: str
+             ) -> subprocess.CompletedProcess:
+    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32",
+                     "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"), "INFER": "0",
+                     "CEILING_SECONDS": "0.2", "BUDGET": "900", **NO_WHEELS, **extra})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
+    return subprocess.run(["bash", "benchmarks/gpu_run.sh", *phases], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_library_that_does_not_import_stops_the_run_before_the_save(tmp_path: Path) -> None:
+    """A GPU call once carried wheels without boto3: tensorizer imports it, so the save and every
+    pod failed, one by one, for three minutes of device time. Now nothing starts."""
+    broken = tmp_path / "broken"
+    (broken / "boto3").mkdir(parents=True)
+    (broken / "boto3" / "__init__.py").write_text("raise ImportError(\"No module named 'boto3'\")\n")
+    proc = _gpu_run(tmp_path, ["save", "warm:1"], timeout=120, LABELS="tensorizer,safetensors",
+                    PYTHONPATH=f"{broken}{os.pathsep}{ROOT}")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    named = "tensorizer: library 'tensorizer' is not installed (No module named 'boto3')"
+    assert named in proc.stderr, proc.stderr
+    assert "safetensors:" not in proc.stderr  # the one that imports is not named
+    assert not (tmp_path / "work" / "models").exists()  # nothing saved
+    assert "== warm round" not in proc.stdout
+
+
+def test_a_second_call_runs_only_what_each_configuration_lacks(tmp_path: Path) -> None:
+    """warm:1, then warm:2, then warm:2 again on the same machine: 2 pods a configuration, not 3
+    (the second call skips round 1) nor 4."""
+    labels = {"LABELS": "safetensors,reference"}
+    first = _gpu_run(tmp_path, ["warm:1"], **labels)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "preflight: 2 libraries import: reference, safetensors" in first.stdout
+    second = _gpu_run(tmp_path, ["warm:2"], **labels)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    ran = [line for line in second.stdout.splitlines() if line.startswith("== warm round")]
+    assert ran == ["== warm round 2 safetensors", "== warm round 2 reference"], ran
+    third = _gpu_run(tmp_path, ["warm:2"], **labels)
+    assert "== warm round" not in third.stdout, third.stdout[-2000:]
+    docs, skipped = schema.read_many(str(tmp_path / "work" / "results"))
+    assert not skipped, skipped
+    assert sorted(d["label"] for d in docs) == ["reference", "reference", "safetensors", "safetensors"]
+    assert all(d["status"] == "ok" for d in docs)
