@@ -18,6 +18,7 @@ H100 = RESULTS / "2026-11-23-h100-llama-2-7b"
 H200_POD = RESULTS / "2026-12-03-h200-llama-2-7b"  # the first run whose pods cost under 8 s
 H200_S3 = RESULTS / "2026-12-03-h200-llama-2-7b-s3"  # the first from object storage (SeaweedFS)
 H200_CACHE = RESULTS / "2026-12-03-h200-llama-2-7b-fidelity-nodecache"  # node cache, reference shapes
+H200_WARM = RESULTS / "2026-12-03-h200-llama-2-7b-warm-n4"  # 12 configurations warm, 4-6 trials, fio
 
 
 def _title(run: Path) -> str:
@@ -27,8 +28,8 @@ def _title(run: Path) -> str:
     return found[1]
 
 
-@pytest.fixture(scope="module", params=[H200, H100, H200_POD, H200_S3, H200_CACHE],
-                ids=["h200", "h100", "h200-pods", "h200-s3", "h200-nodecache"])
+@pytest.fixture(scope="module", params=[H200, H100, H200_POD, H200_S3, H200_CACHE, H200_WARM],
+                ids=["h200", "h100", "h200-pods", "h200-s3", "h200-nodecache", "h200-warm"])
 def regenerated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[Path, Path]:
     run: Path = request.param
@@ -76,7 +77,14 @@ QUOTED = {H200: (14, {("cold", "fastsafetensors"): "7.045", ("warm", "tensorizer
                             ("warm", "instanttensor-backendURING_BUFFERED"): "0.360",
                             ("warm", "reference"): "0.685",
                             ("warm", "reference-threads12-chunkbytes8388608-buffers24-pinREGISTER"):
-                                "0.491"})}
+                                "0.491"}),
+          H200_WARM: (12, {("warm", "instanttensor-backendURING_BUFFERED"): "0.390",
+                           ("warm", "reference"): "0.550", ("warm", "fastsafetensors-odirect0"): "0.559",
+                           ("warm", "flashpack"): "1.088", ("warm", "tensorizer"): "1.179",
+                           ("warm", "tensorizer-numreaders16"): "1.523", ("warm", "huggingface"): "2.267",
+                           ("warm", "runai-streamer"): "2.278", ("warm", "huggingface-bin"): "2.306",
+                           ("warm", "safetensors"): "2.872", ("warm", "fastsafetensors"): "7.962",
+                           ("warm", "instanttensor"): "9.666"})}
 
 
 def test_every_first_published_cell_is_regenerated(regenerated):
@@ -127,6 +135,10 @@ def test_the_published_report_reads_whole(regenerated):
                 "% of ceiling is shown.") in md
         assert "- safetensors: pooled from run ids llama-2-7b-s3-herd, llama-2-7b-s3-nodecache" in md
         assert "Median outside the timed loads: 6.065 s over 41 pod(s)." in md
+    elif run == H200_WARM:
+        # Its README: 7.07 s per pod outside the loads, 55 pods; the storage ceiling from fio.
+        assert "Median outside the timed loads: 7.066 s over 55 pod(s)." in md
+        assert "storage read 1.67." in md and "pinned host-to-device 54.62" in md
     elif run == H200_POD:
         # Its README quotes 5.96 s per pod outside the timed loads over 67 pods (16.68 s before).
         assert "Median outside the timed loads: 5.961 s over 67 pod(s)." in md
@@ -137,3 +149,19 @@ def test_the_published_report_reads_whole(regenerated):
         assert "Median outside the timed loads: 17.234 s over 93 pod(s)." in md
         assert "| outside the timed loads (pod total − timed loads) | 17.234 | 93 |" in md
         assert "<h2>Pod overhead</h2>" in html
+
+
+def test_every_curve_of_a_twelve_library_cdf_is_told_apart():
+    """The published warm run has 12 rows: the default colour cycle of ten gave instanttensor's
+    two backends one look. Each curve now has its own colour and line style."""
+    from loadbench import schema
+    from loadbench.analysis import figures, frame, groups
+
+    docs, skipped = schema.read_many(str(RESULTS / "2026-12-03-h200-llama-2-7b-warm-n4" / "raw"))
+    assert not skipped
+    (g,) = groups.build(frame.frame(docs))
+    fig = figures.cdf(g)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 12
+    looks = {(str(line.get_color()), line.get_linestyle()) for line in lines}
+    assert len(looks) == 12, sorted(looks)
