@@ -45,6 +45,7 @@ examples:
   plot_results.py results/                       # report in results/report/
   plot_results.py results/ --out report --format png,svg --title "gpt-j-6b on H200"
   plot_results.py results/ --no-plots            # tables and report.html only
+  plot_results.py results/ --out docs/run --link-figures   # report.html shows the PNG files
 
 in a notebook:
   from loadbench.analysis import load, table
@@ -81,6 +82,9 @@ def parse(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace
                     help="figure formats, a comma list of png, svg, pdf (default: png)")
     ap.add_argument("--title", default="loadbench summary", help="heading of summary.md and report.html")
     ap.add_argument("--no-plots", action="store_true", help="tables and report.html without figures")
+    ap.add_argument("--link-figures", action="store_true",
+                    help="report.html shows the figure files written beside it instead of embedding "
+                         "copies (smaller, for a folder kept whole, e.g. in git; not for mailing)")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.results_dir):
         ap.error(f"RESULTS_DIR {args.results_dir!r} is not a folder")
@@ -126,11 +130,11 @@ def read(root: str, log: Callable[[str], None] = _log, every: float = PROGRESS_E
 
 
 def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict[str, str],
-             out: str | None, formats: list[str], log: Callable[[str], None]
-             ) -> tuple[list[str], dict[str, list[tuple[str, bytes]]]]:
+             out: str | None, formats: list[str], log: Callable[[str], None], link: bool = False
+             ) -> tuple[list[str], dict[str, list[tuple[str, bytes | str]]]]:
     from loadbench.analysis import figures as plots
     written: list[str] = []
-    embedded: dict[str, list[tuple[str, bytes]]] = {}
+    embedded: dict[str, list[tuple[str, bytes | str]]] = {}
     jobs: list[tuple[str, str, str, Callable[[], Any]]] = []
     for g in groups:
         jobs += [(g.slug, f"{g.slug}-load-time", f"Load time, {g.title}", partial(plots.load_times, g)),
@@ -160,7 +164,8 @@ def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict
             log(f"could not draw {name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
             continue
         written += paths
-        embedded.setdefault(key, []).append((caption, png))
+        shown = next((p for p in paths if p.endswith(".png")), paths[0] if paths else None)
+        embedded.setdefault(key, []).append((caption, os.path.basename(shown) if link and shown else png))
     return written, embedded
 
 
@@ -217,9 +222,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None, prog: str = SCRIPT) -
     try:
         os.makedirs(args.out, exist_ok=True)
         written: list[str] = []
-        embedded: dict[str, list[tuple[str, bytes]]] = {}
+        embedded: dict[str, list[tuple[str, bytes | str]]] = {}
         if not args.no_plots:
-            written, embedded = _figures(groups, eps, phases, args.out, args.formats, _log)
+            written, embedded = _figures(groups, eps, phases, args.out, args.formats, _log,
+                                         args.link_figures)
         command = f"{prog} " + " ".join(shlex.quote(a) for a in (
             sys.argv[1:] if argv is None else argv))
         meta = page.metadata(docs, command)

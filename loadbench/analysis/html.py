@@ -2,7 +2,8 @@
 
 Why self-contained: a report that needs its folder beside it breaks the
 moment it is attached or mailed. The page holds the same blocks as
-summary.md (summary.blocks), every figure as an embedded PNG (base64), and
+summary.md (summary.blocks), every figure as an embedded PNG (base64; with
+plot_results --link-figures, the figure files beside it instead), and
 the run's metadata: machine, versions, settings (the ones every document
 shares, and the ones that differ), and how the documents and the report were
 made. Every piece of text from a document is escaped.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import urllib.parse
 from collections import Counter
 from typing import Any, Iterable
 
@@ -61,14 +63,21 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return "\n".join(out)
 
 
-def _figures(items: list[tuple[str, bytes]]) -> str:
+def _src(figure: bytes | str) -> str:
+    """PNG bytes are embedded; a name is a file beside the page (a published run's folder keeps
+    its figures as files already, and in git twice they were 6 of its 18 MB)."""
+    if isinstance(figure, str):
+        return _e(urllib.parse.quote(figure))
+    return f"data:image/png;base64,{base64.b64encode(figure).decode()}"
+
+
+def _figures(items: list[tuple[str, bytes | str]]) -> str:
     return "\n".join(
-        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,'
-        f'{base64.b64encode(png).decode()}"><figcaption>{_e(caption)}</figcaption></figure>'
-        for caption, png in items)
+        f'<figure><img alt="{_e(caption)}" src="{_src(figure)}"><figcaption>{_e(caption)}'
+        "</figcaption></figure>" for caption, figure in items)
 
 
-def page(blocks: list[tuple[Any, ...]], figures: dict[str, list[tuple[str, bytes]]],
+def page(blocks: list[tuple[Any, ...]], figures: dict[str, list[tuple[str, bytes | str]]],
          meta: list[tuple[str, list[list[str]]]]) -> str:
     """The whole page: the report's blocks, the figures where the blocks name them, metadata last."""
     title = next((b[1] for b in blocks if b[0] == "h1"), "loadbench report")

@@ -165,3 +165,17 @@ def test_every_curve_of_a_twelve_library_cdf_is_told_apart():
     assert len(lines) == 12
     looks = {(str(line.get_color()), line.get_linestyle()) for line in lines}
     assert len(looks) == 12, sorted(looks)
+
+
+def test_a_linked_report_shows_the_figure_files_beside_it(tmp_path):
+    """--link-figures: report.html names the PNGs written beside it, and embeds none (a published
+    folder in git kept each figure twice, 6 of its 18 MB)."""
+    import re as _re
+
+    run = RESULTS / "2026-12-03-h200-llama-2-7b-warm-n4"
+    assert cli.main([str(run / "raw"), "--out", str(tmp_path), "--title", "t", "--link-figures"]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image" not in html
+    shown = _re.findall(r'<img alt="[^"]*" src="([^"]+)"', html)
+    assert sorted(shown) == sorted(p.name for p in tmp_path.glob("*.png")) and len(shown) == 4
+    assert (run / "report.html").read_text().count('src="llama-2-7b-NVIDIA-H200-warm-') == 4
