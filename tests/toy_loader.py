@@ -23,8 +23,14 @@ ENTRY = Library(NAME, __name__, "safetensors", "safetensors", False,
 LIBRARIES = (ENTRY,)
 
 
+GC_AT_IMPORT: list[bool] = []  # was the collector on when the pod imported this library?
+
+
 def import_package() -> None:
+    import gc
+
     import safetensors.torch  # noqa: F401
+    GC_AT_IMPORT.append(gc.isenabled())
 
 
 def load(ctx: LoadContext) -> torch.nn.Module:
@@ -36,6 +42,9 @@ def load(ctx: LoadContext) -> torch.nn.Module:
         state.update(load_file(path, device=str(ctx.device)))
     ctx.io_mode = "toy: load_file, mmap (page cache)"
     ctx.info["files_at_once"] = ctx.options.get("files_at_once")
+    import gc
+    ctx.info["gc"] = {"at_import": GC_AT_IMPORT[:1], "in_load": gc.isenabled(),
+                      "frozen": gc.get_freeze_count()}
     unexpected = model.load_state_dict(state, strict=False, assign=True).unexpected_keys
     if unexpected:
         raise RuntimeError(f"the checkpoint has tensors the model lacks: {unexpected[:3]}")

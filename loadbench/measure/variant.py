@@ -102,6 +102,9 @@ def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: conf
         strategy.prepare(lib, mod, options, ckpt, doc, own)  # may itemise its own parts
         step("prepare")
         own[-1]["seconds"] -= sum(p["seconds"] for p in own[inner:-1])
+        if not gc.isenabled():  # a strategy that built no skeleton: loads run with the collector on
+            gc.freeze()
+            gc.enable()
         for i in range(cfg.num_trials):
             stage = f"trial {i + 1}"
             one, trial_code = strategy.trial(i)
@@ -163,6 +166,7 @@ class SingleProcess:
             own.append({"name": "modeling imports", "seconds": time.perf_counter() - t0})
             self.state.warmed = True
             gc.freeze()  # what the imports made is permanent: no collection walks it inside a load
+            gc.enable()  # off since the pod started (cli.bench_main): the imports are done
 
     def trial(self, i: int) -> tuple[dict[str, Any], int]:
         one, ctx = trial.run_trial(self.mod, self.ckpt, self.device, self.dtype, self.options,

@@ -54,6 +54,11 @@ def test_the_toy_runs_end_to_end_through_the_real_entry_point(saved_model, tmp_p
         assert trial["tensors_verified"] == tensors
         assert len(trial["output_ids"]) == 2
     assert sorted(str(d["trials"][0]["library_info"]["files_at_once"]) for d in docs) == ["2", "None"]
+    # The pod imported with the collector off (faster imports), and every load ran with it on and
+    # the imports' objects frozen, as in a user's process after its imports.
+    for doc in docs:
+        seen = doc["trials"][0]["library_info"]["gc"]
+        assert seen["at_import"] == [False] and seen["in_load"] is True and seen["frozen"] > 10000, seen
 
 
 def test_nothing_in_the_package_names_the_toy():
