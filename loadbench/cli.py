@@ -100,8 +100,11 @@ def bench_main(argv: list[str] | None = None, environ: dict[str, str] | None = N
     # profile). The first library's prepare freezes what the imports made and turns it back on,
     # so every load runs with the collector as a user's process has it.
     gc.disable()
-    from loadbench.measure import run
-    return run.main(environ)
+    try:
+        from loadbench.measure import run
+        return run.main(environ)
+    finally:
+        gc.enable()  # a pod that ended before its first prepare (config, checkpoint errors) too
 
 
 def report_main(argv: list[str] | None = None) -> int:

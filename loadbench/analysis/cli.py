@@ -164,7 +164,8 @@ def _figures(groups: list[report.Group], eps: list[dict[str, Any]], phases: dict
             log(f"could not draw {name}: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
             continue
         written += paths
-        shown = next((p for p in paths if p.endswith(".png")), paths[0] if paths else None)
+        # a linked page shows a PNG or SVG file beside it; PDF only (no <img> shows it): embedded
+        shown = next((p for ext in (".png", ".svg") for p in paths if p.endswith(ext)), None)
         embedded.setdefault(key, []).append((caption, os.path.basename(shown) if link and shown else png))
     return written, embedded
 

@@ -290,8 +290,12 @@ def measure(paths: list[str], device: torch.device, seconds: float,
            "-1j-" not in k and t.get("gbps")}
     if fio:  # fio's multi-job runs are concurrent readers too
         out["storage_read_aggregate"]["tries"].update(fio)
-        best = max(out["storage_read_aggregate"]["tries"].values(), key=lambda t: t.get("gbps") or 0)
+        tries = out["storage_read_aggregate"]["tries"]
+        best = max(tries.values(), key=lambda t: t.get("gbps") or 0)
         out["storage_read_aggregate"].update({k: best[k] for k in ("gbps", "bytes", "seconds", "method")})
+        rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
+        out["storage_read_aggregate"]["spread"] = {"min_gbps": min(rates), "max_gbps": max(rates),
+                                                   "tries": len(rates)}
     progress(f"ceilings: page-cache read (<= {seconds:g} s)")
     out["page_cache_read"] = page_cache_read(paths, seconds)
     out.update(device_ceilings(device, seconds, progress))

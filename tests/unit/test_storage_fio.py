@@ -34,8 +34,20 @@ def test_jobs_read_disjoint_ranges_not_the_same_bytes(files, direct):
         got = ceilings._fio(files, 5, direct, 4, 4)
     except OSError as e:  # O_DIRECT refused (tmpfs): the buffered case still runs
         pytest.skip(f"fio refused: {e}")
-    assert got["bytes"] == 64 * MIB, got  # each byte of the largest file once, 16 MiB a job
+    assert got["bytes"] == 64 * MIB, got  # 16 MiB a job, 64 MiB in all
     assert "each 16 MiB of big.bin" in got["method"], got["method"]
+    if not direct:  # ... and every page of the file: four jobs over the same 16 MiB would leave
+        assert cache.residency([files[0]]) > 0.95  # 75% of it out of the page cache
+
+
+def test_the_residency_check_can_tell(files):
+    """The check above means something only where eviction works on the test's filesystem."""
+    cache.evict(files)
+    if cache.residency([files[0]]) > 0.05:
+        pytest.skip("eviction has no effect here (tmpfs?)")
+    with open(files[0], "rb") as f:
+        f.read(16 * MIB)
+    assert 0.2 < cache.residency([files[0]]) < 0.5
 
 
 def test_one_job_reads_every_file(files):
