@@ -114,10 +114,13 @@ CONFIGS=(
   "instanttensor|LIBRARIES=instanttensor IT_BACKEND=default"
   "instanttensor-buffered|LIBRARIES=instanttensor IT_BACKEND=URING_BUFFERED"
   "flashpack|LIBRARIES=flashpack"
-  # the instrument's default since 2026-12-03: InstantTensor's shape (8 MiB reads, usable CPUs - 4
-  # threads, 2 registered buffers each); then its earlier default (8 x 32 MiB into a 512 MiB
-  # cudaHostAlloc ring), cold and warm beside it: the new one won warm by 28%, cold is unmeasured
+  # the instrument's default: InstantTensor's shape (8 MiB reads, usable CPUs - 4 threads, 2
+  # buffers each), each reader registering its own buffers as it starts (since 2026-12-04); then
+  # the same ring registered up front (the default of 2026-12-03: 0.533 s warm against 0.454 s,
+  # its registering 0.064 s against 0.009 s), and the earlier 8 x 32 MiB into a 512 MiB
+  # cudaHostAlloc ring (28% slower warm than InstantTensor's shape on 2026-12-03)
   "reference|LIBRARIES=reference"
+  "reference-register|LIBRARIES=reference REF_PIN=REGISTER"
   "reference-8x32m-alloc|LIBRARIES=reference REF_THREADS=8 REF_CHUNK_BYTES=32M REF_BUFFERS=16 REF_PIN=ALLOC"
 )
 # label | env for a configuration that reads the checkpoint from object storage (phase s3)

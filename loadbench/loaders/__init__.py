@@ -157,10 +157,11 @@ LIBRARIES: tuple[Library, ...] = (
              Option("buffers", "REF_BUFFERS", "int",
                     "reference: pinned buffers in the ring (each chunk_bytes); default 2 a thread."),
              Option("pin", "REF_PIN", "choice",
-                    "reference: how the ring is pinned, one allocation either way: REGISTER "
-                    "(cudaHostRegister of an ordinary allocation, as InstantTensor does) or ALLOC "
-                    "(cudaHostAlloc, torch's pinned allocator).", "REGISTER",
-                    choices=("ALLOC", "REGISTER"))),
+                    "reference: how the ring is pinned, one allocation in every case: SLOTS "
+                    "(memory advised for huge pages, each reader registers its own buffers with "
+                    "cudaHostRegister as it starts), REGISTER (all of it registered before any "
+                    "read, as InstantTensor does) or ALLOC (cudaHostAlloc, torch's pinned "
+                    "allocator).", "SLOTS", choices=("ALLOC", "REGISTER", "SLOTS"))),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )
 

@@ -44,9 +44,11 @@ DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F
 # From files, InstantTensor's shape, which beat the earlier 8 x 32 MiB into a 512 MiB
 # cudaHostAlloc ring by 28% warm on an H200 (0.491 s, n = 6, against 0.685 s, n = 3;
 # docs/results/2026-12-03-h200-llama-2-7b-fidelity-nodecache): 8 MiB reads, a thread per usable
-# CPU but 4 (at most 12, at least 4), two registered buffers a thread.
+# CPU but 4 (at most 12, at least 4), two registered buffers a thread. Each reader registers its
+# own buffers (`slots`): 0.454 s against 0.533 s for one up-front registration, n = 15 each,
+# interleaved with InstantTensor's 0.373 s (docs/results/2026-12-04-h200-llama-2-7b-reference-ring).
 DEFAULT_CHUNK, BUFFERS_PER_THREAD, MAX_FILE_THREADS, MIN_FILE_THREADS = 8 << 20, 2, 12, 4
-DEFAULT_PIN = "register"
+DEFAULT_PIN = "slots"
 ALIGN = 256
 
 
@@ -143,51 +145,79 @@ def _host_bytes(t: torch.Tensor) -> memoryview:
 
 
 PAGE = 4096
-PINS = ("alloc", "register")
+PINS = ("alloc", "register", "slots")
+
+
+def _cuda(call: str, *args: int) -> None:
+    code = int(getattr(torch.cuda.cudart(), call)(*args))
+    if code != 0:
+        raise RuntimeError(f"{call} of the reference's staging ring failed (cudaError {code}); "
+                           f"REF_PIN=alloc pins with cudaHostAlloc instead")
 
 
 class HostRing:
-    """The pinned staging buffers, one host allocation for every reader thread, pinned once:
+    """The pinned staging buffers, one host allocation for every reader thread:
     `alloc` asks torch for pinned memory (cudaHostAlloc through its caching host allocator);
-    `register` page-locks an ordinary page-aligned allocation with cudaHostRegister, as
-    InstantTensor does (its source says that is faster). Either way the pinning, and the
-    unregistering after the load, is inside the timed load, as it is for any library, and its
-    time is recorded (`ring_s`). A later load in the same process gets torch's cached pinned
-    memory back with `alloc`, not with `register`: only first-in-process loads compare them."""
+    `register` page-locks an ordinary page-aligned allocation with cudaHostRegister before any
+    read, as InstantTensor does (its source says that is faster); `slots` maps anonymous memory
+    advised for huge pages and lets each reader register its own buffers when it starts, so the
+    page faults and the pinning are spread over the readers and overlap the first reads instead
+    of preceding them all (on an H200 the up-front `register` of 192 MiB took 0.06-0.09 s of a
+    0.41-0.47 s warm load). Either way the pinning, and the unregistering after the load, is
+    inside the timed load, as it is for any library, and its time is recorded (`ring_s`, split
+    into `register_s` and `unregister_s`; for `slots`, the slowest reader's registering). A later
+    load in the same process gets torch's cached pinned memory back with `alloc`, not with the
+    others: only first-in-process loads compare them."""
 
     def __init__(self, slots: int, size: int, pin: str) -> None:
         if pin not in PINS:
             raise ValueError(f"pin {pin!r}: one of {', '.join(PINS)}")
         start = time.perf_counter()
         self.pin, self.size, self.nbytes = pin, size, slots * size
-        self._registered: int | None = None
-        if pin == "register":
+        self._registered: list[int] = []
+        self._lock = threading.Lock()
+        self.register_s = self.unregister_s = 0.0
+        if pin == "slots":
+            import mmap
+            area = mmap.mmap(-1, self.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                area.madvise(mmap.MADV_HUGEPAGE)  # fewer pages to fault in and to pin
+            self.host = torch.frombuffer(area, dtype=torch.uint8)  # keeps the mapping alive
+        elif pin == "register":
             raw = torch.empty(self.nbytes + PAGE, dtype=torch.uint8)
             at = (-raw.data_ptr()) % PAGE
             self.host = raw[at:at + self.nbytes]
-            code = int(torch.cuda.cudart().cudaHostRegister(self.host.data_ptr(), self.nbytes, 0))
-            if code != 0:
-                raise RuntimeError(f"cudaHostRegister of the {self.nbytes >> 20} MiB ring failed "
-                                   f"(cudaError {code}); REF_PIN=alloc pins with cudaHostAlloc instead")
-            self._registered = self.host.data_ptr()
+            self._register(0, self.nbytes)
         else:
             self.host = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=True)
         self.seconds = time.perf_counter() - start
 
+    def _register(self, offset: int, nbytes: int) -> None:
+        start = time.perf_counter()
+        _cuda("cudaHostRegister", self.host.data_ptr() + offset, nbytes, 0)
+        with self._lock:
+            self._registered.append(self.host.data_ptr() + offset)
+        took = time.perf_counter() - start
+        with self._lock:
+            self.register_s = max(self.register_s, took)
+
     def slot(self, i: int) -> torch.Tensor:
         return self.host[i * self.size:(i + 1) * self.size]
 
+    def claim(self, first: int, count: int) -> None:
+        """A reader's own slots, pinned by that reader before its first copy (`slots` only)."""
+        if self.pin == "slots":
+            self._register(first * self.size, count * self.size)
+
     def close(self) -> None:
         """After every copy out of the ring has finished."""
-        if self._registered is None:
-            return
         start = time.perf_counter()
-        code = int(torch.cuda.cudart().cudaHostUnregister(self._registered))
-        self._registered = None
-        self.seconds += time.perf_counter() - start
-        if code != 0:
-            raise RuntimeError(f"cudaHostUnregister of the {self.nbytes >> 20} MiB ring failed "
-                               f"(cudaError {code})")
+        with self._lock:
+            ptrs, self._registered = self._registered, []
+        for ptr in ptrs:
+            _cuda("cudaHostUnregister", ptr)
+        self.unregister_s = time.perf_counter() - start
+        self.seconds += self.unregister_s + (self.register_s if self.pin == "slots" else 0.0)
 
 
 def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, buffers: int,
@@ -214,6 +244,7 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                 torch.cuda.set_device(dest.device)  # a new thread is on device 0: no context there
                 stream = torch.cuda.Stream(device=dest.device)
                 stream.wait_stream(torch.cuda.current_stream(dest.device))  # dest is allocated
+                ring.claim(t * per_thread, per_thread)  # `slots`: this reader pins its own buffers
                 mine = [ring.slot(t * per_thread + j) for j in range(per_thread)]
                 events: list[torch.cuda.Event | None] = [None] * per_thread
                 i = 0
@@ -260,7 +291,10 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
             ring.close()
     if errors:
         raise errors[0]
-    return {"ring_s": ring.seconds, "ring_bytes": ring.nbytes, "pin": pin} if ring is not None else {}
+    if ring is None:
+        return {}
+    return {"ring_s": ring.seconds, "register_s": ring.register_s, "unregister_s": ring.unregister_s,
+            "ring_bytes": ring.nbytes, "pin": pin}
 
 
 class LocalFiles:
@@ -306,7 +340,8 @@ def _shape(ctx: LoadContext, threads: int | None = None, chunk: int = DEFAULT_CH
 
 
 def _ring(ctx: LoadContext, buffers: int, pin: str) -> str:
-    how = "cudaHostRegister" if pin == "register" else "cudaHostAlloc"
+    how = {"register": "cudaHostRegister", "slots": "cudaHostRegister by each reader, huge pages"
+           }.get(pin, "cudaHostAlloc")
     return (f", {buffers} pinned buffers ({how})" if ctx.device.type == "cuda"
             else ", straight into memory")
 
@@ -386,7 +421,7 @@ def _remote(ctx: LoadContext) -> tuple[Remote, tuple[int, int, int, str]]:
     """(remote, its _shape): as many GETs in flight as the client's pool holds, ranges of
     S3_PART_BYTES (as the GET ceiling measures), unless the options say; a buffer a request
     (the network, not the copy, is what a second one would wait for; 16 x 64 MiB is 1 GiB,
-    registered with cudaHostRegister unless REF_PIN=ALLOC, as from files)."""
+    registered by each reader unless REF_PIN says otherwise, as from files)."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
     return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes, per_thread=1)

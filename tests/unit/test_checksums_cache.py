@@ -149,12 +149,12 @@ def test_the_reference_default_shape_is_instanttensors():
     from loadbench.loaders import reference_lib
     threads = reference_lib.file_threads()
     assert threads == max(4, min(12, cpus.usable() - 4))
-    assert reference_lib._shape(SimpleNamespace(options={})) == (threads, 8 << 20, 2 * threads, "register")
+    assert reference_lib._shape(SimpleNamespace(options={})) == (threads, 8 << 20, 2 * threads, "slots")
     set_ = SimpleNamespace(options={"threads": 3, "chunk_bytes": 1 << 20, "buffers": 2, "pin": "ALLOC"})
     assert reference_lib._shape(set_) == (3, 1 << 20, 3, "alloc")
     # from object storage the caller's defaults (S3_CONCURRENCY, S3_PART_BYTES) replace the files'
     assert reference_lib._shape(SimpleNamespace(options={}), 16, 64 << 20, per_thread=1) == (
-        16, 64 << 20, 16, "register")
+        16, 64 << 20, 16, "slots")
 
 
 def test_a_warm_trial_reads_back_only_the_pages_the_kernel_dropped(tmp_path):
