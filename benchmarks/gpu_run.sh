@@ -45,7 +45,7 @@
 # Needs .whl/ (benchmarks/gpu-wheels.txt) carried beside the repository (WHEELS= another folder,
 # or empty: install none), with a static fio in it where the machine has none (fetch_wheels.sh
 # --fio; gpu.txt says which fio the ceilings used). Results go to $OUT:
-# results.tar.gz (documents, node ceilings), manifest.json, logs.
+# results.tar.gz (documents, node ceilings), manifest.json, logs (run.log: all this call printed).
 set -u
 usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }  # the header, every phase
 case "${1:-}" in
@@ -57,6 +57,9 @@ for spec in "$@"; do  # every phase is checked before any work starts
 done
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+# Everything this call prints also goes to $OUT/run.log: a device call returns only the last
+# lines of its output, and a published run keeps its calls' logs.
+exec > >(tee -a "$OUT/run.log") 2>&1
 export PYTHONUNBUFFERED=1
 WORK=${WORK:-/root/loadbench-work}
 # Bytecode as the image has it (pip compiles what it installs): a machine whose site-packages hold

@@ -68,6 +68,9 @@ def test_save_writes_only_the_formats_the_chosen_configurations_read(tmp_path: P
     assert sorted(formats) == ["safetensors", "tensorizer"]
     used = (out / "gpu.txt").read_text()
     assert (f"fio: {work / 'bin' / 'fio'}" if fio else "fio: none") in used, used
+    # all the call printed is kept in $OUT/run.log (a device call returns only its last lines)
+    log = (out / "run.log").read_text()
+    assert "save_models: checkpoint complete" in log and log.strip() in proc.stdout + proc.stderr
 
 
 def _weed() -> str | None:
