@@ -103,8 +103,21 @@ def render(fig: Any, out: str | None, name: str, formats: list[str]) -> tuple[li
     return paths, png
 
 
+def _reference_line(g: Group) -> str | None:
+    """The row drawn as the reference line: the instrument's fastest configuration. Its other
+    configurations (a sweep of its settings) stay rows of their own, else they would vanish."""
+    refs = g.rows[g.rows["is_reference"] & g.rows["median_s"].notna()]
+    return None if refs.empty else str(refs.sort_values("median_s")["row"].iloc[0])
+
+
+def _reference_legend(g: Group) -> str:
+    """The line's legend: which of the instrument's configurations it is, where it has several."""
+    several = int((g.rows["is_reference"] & g.rows["median_s"].notna()).sum()) > 1
+    return esc("loadbench reference loader" + (f" ({_reference_line(g)})" if several else ""))
+
+
 def _contenders(g: Group) -> pd.DataFrame:
-    rows = g.rows[~g.rows["is_reference"] & g.rows["median_s"].notna()]
+    rows = g.rows[(g.rows["row"] != _reference_line(g)) & g.rows["median_s"].notna()]
     return rows.sort_values("median_s", ascending=False)   # fastest at the top of a barh
 
 
@@ -144,7 +157,7 @@ def load_times(g: Group) -> Any | None:
     ax.set_yticks(range(1, len(rows) + 1), [_label(r) for _, r in rows.iterrows()], fontsize=8)
     if g.reference_s:
         ax.axvline(g.reference_s, color=REFERENCE_COLOUR, linestyle="--", linewidth=1.2,
-                   label=f"loadbench reference loader, median {fmt_s(g.reference_s)} s")
+                   label=f"{_reference_legend(g)}, median {fmt_s(g.reference_s)} s")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, _below(ax)), frameon=False)
     values = [v for d in data for v in d] + ([g.reference_s] if g.reference_s else [])
     if _wants_log(values):
@@ -185,7 +198,7 @@ def throughput(g: Group) -> Any | None:
     log = _wants_log(bars + ([ref_gbps] if ref_gbps else []))
     if ref_gbps:
         ax.axvline(ref_gbps, color=REFERENCE_COLOUR, linestyle="--", linewidth=1.2, zorder=3,
-                   label=f"loadbench reference loader, {fmt_gbps(ref_gbps)} GB/s")
+                   label=f"{_reference_legend(g)}, {fmt_gbps(ref_gbps)} GB/s")
     from matplotlib.lines import Line2D
     extra = []
     styles = iter([":", "-.", (0, (1, 3))])
@@ -233,16 +246,17 @@ def cdf(g: Group) -> Any | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours, k = plt.get_cmap("tab10"), 0
+    colours, k, line = plt.get_cmap("tab10"), 0, _reference_line(g)
     for _, r in g.rows.sort_values("median_s").iterrows():
         values = sorted(ok[ok["row"] == r["row"]]["total_s"])
         if not values:
             continue
         # Ten colours, then the same ten dotted, then dash-dotted: past ten libraries the default
         # cycle gave the 1st and 11th the same line (instanttensor's two backends, 0.39 and 9.7 s).
-        style = dict(color=REFERENCE_COLOUR, linestyle="--") if r["is_reference"] else dict(
+        dashed = r["row"] == line
+        style = dict(color=REFERENCE_COLOUR, linestyle="--") if dashed else dict(
             color=colours(k % 10), linestyle=("-", ":", "-.")[k // 10 % 3])
-        k += not r["is_reference"]
+        k += not dashed
         # Start at 0 on the first sample, so each curve rises from the axis.
         ax.step([values[0]] + values, [0.0] + [(i + 1) / len(values) for i in range(len(values))],
                 where="post", label=esc(f"{r['row']} (n={len(values)})"

@@ -19,6 +19,8 @@ H200_POD = RESULTS / "2026-12-03-h200-llama-2-7b"  # the first run whose pods co
 H200_S3 = RESULTS / "2026-12-03-h200-llama-2-7b-s3"  # the first from object storage (SeaweedFS)
 H200_CACHE = RESULTS / "2026-12-03-h200-llama-2-7b-fidelity-nodecache"  # node cache, reference shapes
 H200_WARM = RESULTS / "2026-12-03-h200-llama-2-7b-warm-n4"  # 12 configurations warm, 4-6 trials, fio
+H200_ALL = RESULTS / "2026-12-04-h200-llama-2-7b"  # 12 configurations, 5 warm and 2-3 cold trials
+H200_RING = RESULTS / "2026-12-04-h200-llama-2-7b-reference-ring"  # the reference's ring, n = 15
 
 
 def _title(run: Path) -> str:
@@ -28,8 +30,10 @@ def _title(run: Path) -> str:
     return found[1]
 
 
-@pytest.fixture(scope="module", params=[H200, H100, H200_POD, H200_S3, H200_CACHE, H200_WARM],
-                ids=["h200", "h100", "h200-pods", "h200-s3", "h200-nodecache", "h200-warm"])
+@pytest.fixture(scope="module", params=[H200, H100, H200_POD, H200_S3, H200_CACHE, H200_WARM, H200_ALL,
+                                        H200_RING],
+                ids=["h200", "h100", "h200-pods", "h200-s3", "h200-nodecache", "h200-warm", "h200-all",
+                     "h200-ring"])
 def regenerated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[Path, Path]:
     run: Path = request.param
@@ -84,7 +88,23 @@ QUOTED = {H200: (14, {("cold", "fastsafetensors"): "7.045", ("warm", "tensorizer
                            ("warm", "tensorizer-numreaders16"): "1.523", ("warm", "huggingface"): "2.267",
                            ("warm", "runai-streamer"): "2.278", ("warm", "huggingface-bin"): "2.306",
                            ("warm", "safetensors"): "2.872", ("warm", "fastsafetensors"): "7.962",
-                           ("warm", "instanttensor"): "9.666"})}
+                           ("warm", "instanttensor"): "9.666"}),
+          H200_ALL: (24, {("warm", "instanttensor-backendURING_BUFFERED"): "0.362",
+                          ("warm", "reference"): "0.493", ("warm", "fastsafetensors-odirect0"): "0.553",
+                          ("warm", "flashpack"): "1.025", ("warm", "tensorizer"): "1.185",
+                          ("warm", "tensorizer-numreaders16"): "1.442", ("warm", "huggingface"): "1.983",
+                          ("warm", "huggingface-bin"): "2.068", ("warm", "runai-streamer"): "2.116",
+                          ("warm", "safetensors"): "2.527", ("warm", "fastsafetensors"): "5.686",
+                          ("warm", "instanttensor"): "7.790",
+                          ("cold", "instanttensor-backendURING_BUFFERED"): "8.347",
+                          ("cold", "reference"): "8.054", ("cold", "fastsafetensors-odirect0"): "7.817",
+                          ("cold", "flashpack"): "8.115", ("cold", "tensorizer"): "7.768",
+                          ("cold", "tensorizer-numreaders16"): "7.844", ("cold", "huggingface"): "9.305",
+                          ("cold", "huggingface-bin"): "9.473", ("cold", "runai-streamer"): "7.709",
+                          ("cold", "safetensors"): "8.799", ("cold", "fastsafetensors"): "6.773",
+                          ("cold", "instanttensor"): "8.912"}),
+          H200_RING: (3, {("warm", "instanttensor-backendURING_BUFFERED"): "0.373",
+                          ("warm", "reference"): "0.533", ("warm", "reference-pinSLOTS"): "0.454"})}
 
 
 def test_every_first_published_cell_is_regenerated(regenerated):
@@ -139,6 +159,15 @@ def test_the_published_report_reads_whole(regenerated):
         # Its README: 7.07 s per pod outside the loads, 55 pods; the storage ceiling from fio.
         assert "Median outside the timed loads: 7.066 s over 55 pod(s)." in md
         assert "storage read 1.67." in md and "pinned host-to-device 54.62" in md
+    elif run == H200_ALL:
+        # Its README: 5.06 s per pod outside the loads over 94 pods; a storage ceiling the disk beat.
+        assert "Median outside the timed loads: 5.061 s over 94 pod(s)." in md
+        assert "storage read 2.25 (unreliable: beaten, best observed 2.67)" in md
+        assert "pinned host-to-device 55.20" in md and "page-cache read 84.41" in md
+    elif run == H200_RING:
+        # Its README: 5.07 s per pod over 45 pods; the faster reference is the × reference base.
+        assert "Median outside the timed loads: 5.068 s over 45 pod(s)." in md
+        assert "Reference (loadbench's instrument, not a product): 0.454 s median" in md
     elif run == H200_POD:
         # Its README quotes 5.96 s per pod outside the timed loads over 67 pods (16.68 s before).
         assert "Median outside the timed loads: 5.961 s over 67 pod(s)." in md
@@ -179,3 +208,24 @@ def test_a_linked_report_shows_the_figure_files_beside_it(tmp_path):
     shown = _re.findall(r'<img alt="[^"]*" src="([^"]+)"', html)
     assert sorted(shown) == sorted(p.name for p in tmp_path.glob("*.png")) and len(shown) == 4
     assert (run / "report.html").read_text().count('src="llama-2-7b-NVIDIA-H200-warm-') == 4
+
+
+def test_a_second_reference_configuration_is_a_row_of_its_own_in_every_figure():
+    """The ring run has two reference configurations: the faster is the dashed line, the other
+    was left out of the box and bar figures altogether (its 15 loads shown nowhere)."""
+    from loadbench import schema
+    from loadbench.analysis import figures, frame, groups
+
+    docs, skipped = schema.read_many(str(H200_RING / "raw"))
+    assert not skipped
+    (g,) = groups.build(frame.frame(docs))
+    for draw in (figures.load_times, figures.throughput):
+        ax = draw(g).axes[0]
+        ticks = [t.get_text().split("\n")[0] for t in ax.get_yticklabels()]
+        assert sorted(ticks) == ["instanttensor-", "reference"], (draw.__name__, ticks)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend[0].startswith("loadbench reference loader (reference-pinSLOTS), "), legend
+    lines = figures.cdf(g).axes[0].get_lines()
+    dashed = [line.get_label() for line in lines if line.get_linestyle() == "--"]
+    assert dashed == ["reference-pinSLOTS (n=15), loadbench's instrument"]
+    assert len(lines) == 3
