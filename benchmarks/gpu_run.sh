@@ -59,7 +59,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 # Everything this call prints also goes to $OUT/run.log: a device call returns only the last
 # lines of its output, and a published run keeps its calls' logs.
-exec > >(tee -a "$OUT/run.log") 2>&1
+exec > >(tee -a "$OUT/run.log") 2> >(tee -a "$OUT/run.log" >&2)  # stderr stays stderr
 export PYTHONUNBUFFERED=1
 WORK=${WORK:-/root/loadbench-work}
 # Bytecode as the image has it (pip compiles what it installs): a machine whose site-packages hold
@@ -541,6 +541,6 @@ for spec in "$@"; do
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
-[ -d "$RES_PATH" ] && tar -czf "$OUT/results.tar.gz" -C "$WORK" results
+[ -d "$RES_PATH" ] && tar -czf "$OUT/results.tar.gz" --exclude='*.lock' -C "$WORK" results  # not the ceilings' flock files
 ls -la "$OUT"
 exit $rc
