@@ -237,8 +237,11 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
     per_thread = max(1, min(buffers // threads, -(-len(items) // threads)))  # no slot left unused
     ring = HostRing(per_thread * threads, size, pin) if cuda else None
 
+    spent = [[0.0, 0.0, 0.0] for _ in range(threads)]  # per reader: waiting, reading, submitting
+
     def worker(t: int) -> None:
         stream = None
+        mine_spent = spent[t]
         try:
             if ring is not None:
                 torch.cuda.set_device(dest.device)  # a new thread is on device 0: no context there
@@ -254,27 +257,38 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                 except queue.Empty:
                     break
                 if ring is None:
+                    t0 = time.perf_counter()
                     read(src, spans, _host_bytes(dest[doff:doff + n]))
+                    mine_spent[1] += time.perf_counter() - t0
                     continue
                 slot = i % per_thread
                 previous = events[slot]
+                t0 = time.perf_counter()
                 if previous is not None:
                     previous.synchronize()  # the copy out of this buffer is done
                 buf = mine[slot][:n]
+                t1 = time.perf_counter()
                 read(src, spans, _host_bytes(buf))
+                t2 = time.perf_counter()
                 with torch.cuda.stream(stream):
                     dest[doff:doff + n].copy_(buf, non_blocking=True)
                     ev = torch.cuda.Event()
                     ev.record(stream)
                 events[slot] = ev
                 i += 1
+                mine_spent[0] += t1 - t0
+                mine_spent[1] += t2 - t1
+                mine_spent[2] += time.perf_counter() - t2
         except BaseException as e:  # reported to the caller
             errors.append(e)
         finally:
             if stream is not None:
+                t0 = time.perf_counter()
                 stream.synchronize()  # no copy into dest is in flight when the caller returns
+                mine_spent[0] += time.perf_counter() - t0
 
     pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    started = time.perf_counter()
     try:
         for th in pool:
             th.start()
@@ -291,10 +305,16 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
             ring.close()
     if errors:
         raise errors[0]
+    # Where the readers' time went, summed over them, beside the pipeline's wall time: a reader
+    # that mostly waits on its buffers' copies is bound by the copies, one that mostly reads by
+    # the reads (the page cache, the disk, the network).
+    stages = {"pipeline_s": time.perf_counter() - started, "readers": threads,
+              "readers_wait_s": sum(x[0] for x in spent), "readers_read_s": sum(x[1] for x in spent),
+              "readers_submit_s": sum(x[2] for x in spent)}
     if ring is None:
-        return {}
+        return stages
     return {"ring_s": ring.seconds, "register_s": ring.register_s, "unregister_s": ring.unregister_s,
-            "ring_bytes": ring.nbytes, "pin": pin}
+            "ring_bytes": ring.nbytes, "pin": pin, **stages}
 
 
 class LocalFiles:
@@ -325,6 +345,15 @@ def read_into(dest: torch.Tensor, sections: list[Section], threads: int, chunk: 
         return pipeline(dest, _chunks(sections, chunk), read, threads, buffers, pin)
 
 
+def _destination(ctx: LoadContext, nbytes: int) -> torch.Tensor:
+    """The one device allocation every tensor is a view of. A first load in a process pays the
+    allocator's cudaMalloc of the whole model here; its time is recorded (`allocation_s`)."""
+    start = time.perf_counter()
+    dest = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=ctx.device)
+    ctx.info["allocation_s"] = time.perf_counter() - start
+    return dest
+
+
 def tensors(dest: torch.Tensor, entries: list[Entry]) -> dict[str, torch.Tensor]:
     return {e.name: dest[e.start:e.start + e.nbytes].view(e.dtype).view(e.shape) for e in entries}
 
@@ -351,7 +380,7 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     entries, sections, total = layout(weight_files(ctx.checkpoint.folder))
-    dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
+    dest = _destination(ctx, total)
     ctx.info.update(read_into(dest, sections, threads, chunk, buffers, pin))
     ctx.io_mode = (f"buffered preadv (page cache), {threads} threads, {chunk >> 20} MiB chunks"
                    f"{_ring(ctx, buffers, pin)}")
@@ -435,7 +464,7 @@ def load_s3(ctx: LoadContext) -> torch.nn.Module:
     ctx.mark("skeleton")
     objects = Objects(remote)
     entries, sections, total = layout(objects.names(), objects.header)
-    dest = torch.empty(total, dtype=torch.uint8, device=ctx.device)
+    dest = _destination(ctx, total)
     ctx.info.update(pipeline(dest, _chunks(sections, chunk), objects.read, threads, buffers, pin))
     ctx.io_mode = (f"ranged GETs from {remote.describe()} ({s3direct.kind(remote.client)}), {threads} in "
                    f"flight, {chunk >> 20} MiB ranges{_ring(ctx, buffers, pin)}")
@@ -486,7 +515,7 @@ def _rank_state(ctx: LoadContext, plan: TPPlan, names: list[str],
     threads, chunk, buffers, pin = how
     entries, sections, _ = layout(names, header)
     items, placed, total, strided = rank_items(entries, sections, plan, chunk)
-    dest = torch.empty(max(total, 1), dtype=torch.uint8, device=ctx.device)
+    dest = _destination(ctx, total)
     ctx.info.update(pipeline(dest, items, read, threads, buffers, pin))
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total,
                     strided_tensors=strided, row_spans=sum(len(i[1]) for i in items if len(i[1]) > 1),

@@ -52,6 +52,9 @@ def test_the_reference_ring_pins_every_way_and_says_what_it_cost(tmp_path, pin):
         info = t["library_info"]
         assert t["status"] == "ok" and info["pin"] == pin.lower()
         assert info["ring_bytes"] > 0 and 0 < info["ring_s"] < t["total_s"]
+        # where the load went: the device allocation, the pipeline, its readers' stages
+        assert 0 < info["allocation_s"] < t["total_s"] and 0 < info["pipeline_s"] < t["total_s"]
+        assert info["readers_read_s"] > 0 and info["readers_submit_s"] > 0
         if pin != "ALLOC":
             assert 0 < info["register_s"] and 0 < info["unregister_s"]
             assert info["register_s"] + info["unregister_s"] <= info["ring_s"] + 1e-6

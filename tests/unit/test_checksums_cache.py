@@ -175,3 +175,25 @@ def test_a_warm_trial_reads_back_only_the_pages_the_kernel_dropped(tmp_path):
     assert cache.warm([str(path)]) == sum(n for _, n in runs) <= 2 << 20
     assert cache.missing(str(path)) == [] and cache.residency([str(path)]) == 1.0
     assert cache.warm([str(path)]) == 0  # nothing missing: nothing read
+
+
+def test_the_references_pipeline_says_where_its_readers_spent_their_time(tmp_path):
+    """A real safetensors file read by the reference's pipeline (into memory here): every byte
+    lands where the header places it, and the document learns the pipeline's wall time and what
+    its readers spent reading, waiting on copies and submitting them (none here: no ring)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from loadbench.loaders import reference_lib
+    state = {f"w{i}": torch.arange(i * 1000, i * 1000 + 3000 + 7 * i, dtype=torch.int32) for i in range(5)}
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    entries, sections, total = reference_lib.layout([str(path)])
+    dest = torch.empty(total, dtype=torch.uint8)
+    info = reference_lib.read_into(dest, sections, threads=3, chunk=4096, buffers=6)
+    loaded = reference_lib.tensors(dest, entries)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert info["readers"] == 3 and info["pipeline_s"] > 0
+    assert 0 < info["readers_read_s"] <= info["readers"] * info["pipeline_s"]
+    assert info["readers_wait_s"] == info["readers_submit_s"] == 0
+    assert "ring_s" not in info  # no pinned ring on the CPU
