@@ -180,9 +180,12 @@ class HostRing:
         if pin == "slots":
             import mmap
             area = mmap.mmap(-1, self.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            if hasattr(mmap, "MADV_HUGEPAGE"):
-                area.madvise(mmap.MADV_HUGEPAGE)  # fewer pages to fault in and to pin
-            self.host = torch.frombuffer(area, dtype=torch.uint8)  # keeps the mapping alive
+            try:  # fewer pages to fault in and to pin; a kernel without THP says EINVAL
+                area.madvise(mmap.MADV_HUGEPAGE)
+            except (AttributeError, OSError):
+                pass
+            # The tensor holds the mmap object, which keeps the mapping; nothing may close `area`.
+            self.host = torch.frombuffer(area, dtype=torch.uint8)
         elif pin == "register":
             raw = torch.empty(self.nbytes + PAGE, dtype=torch.uint8)
             at = (-raw.data_ptr()) % PAGE
@@ -210,14 +213,21 @@ class HostRing:
             self._register(first * self.size, count * self.size)
 
     def close(self) -> None:
-        """After every copy out of the ring has finished."""
+        """After every copy out of the ring has finished. Every range is unregistered even if one
+        fails (one error is raised after, naming how many failed)."""
         start = time.perf_counter()
         with self._lock:
             ptrs, self._registered = self._registered, []
+        failed: list[RuntimeError] = []
         for ptr in ptrs:
-            _cuda("cudaHostUnregister", ptr)
+            try:
+                _cuda("cudaHostUnregister", ptr)
+            except RuntimeError as e:
+                failed.append(e)
         self.unregister_s = time.perf_counter() - start
         self.seconds += self.unregister_s + (self.register_s if self.pin == "slots" else 0.0)
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(ptrs)} ranges of the ring: {failed[0]}")
 
 
 def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, buffers: int,
@@ -235,6 +245,7 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
     cuda = dest.device.type == "cuda"
     threads = min(threads, len(items))
     per_thread = max(1, min(buffers // threads, -(-len(items) // threads)))  # no slot left unused
+    started = time.perf_counter()  # the ring's building inside, whichever way it is pinned
     ring = HostRing(per_thread * threads, size, pin) if cuda else None
 
     spent = [[0.0, 0.0, 0.0] for _ in range(threads)]  # per reader: waiting, reading, submitting
@@ -288,7 +299,6 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                 mine_spent[0] += time.perf_counter() - t0
 
     pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
-    started = time.perf_counter()
     try:
         for th in pool:
             th.start()
@@ -302,7 +312,12 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                     th.join(timeout=60)
         # the ring is unpinned only when no thread can still be copying out of it
         if ring is not None and not any(th.is_alive() for th in pool):
-            ring.close()
+            try:
+                ring.close()
+            except RuntimeError as e:
+                if not errors:
+                    raise
+                errors.append(e)  # the readers' error is the one to report
     if errors:
         raise errors[0]
     # Where the readers' time went, summed over them, beside the pipeline's wall time: a reader

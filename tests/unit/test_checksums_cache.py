@@ -197,3 +197,87 @@ def test_the_references_pipeline_says_where_its_readers_spent_their_time(tmp_pat
     assert 0 < info["readers_read_s"] <= info["readers"] * info["pipeline_s"]
     assert info["readers_wait_s"] == info["readers_submit_s"] == 0
     assert "ring_s" not in info  # no pinned ring on the CPU
+
+
+class _FakeCudart:
+    """Stands in for the CUDA runtime this CPU machine lacks: records what is registered, fails
+    the calls it is told to, as cudart does (a nonzero cudaError)."""
+
+    def __init__(self, fail_register: int | None = None, fail_unregister: int | None = None) -> None:
+        self.registered: dict[int, int] = {}
+        self.calls = 0
+        self.fail_register, self.fail_unregister = fail_register, fail_unregister
+
+    def cudaHostRegister(self, ptr: int, nbytes: int, flags: int) -> int:
+        self.calls += 1
+        if self.calls == self.fail_register:
+            return 2  # cudaErrorMemoryAllocation
+        assert ptr not in self.registered
+        self.registered[ptr] = nbytes
+        return 0
+
+    def cudaHostUnregister(self, ptr: int) -> int:
+        if ptr == self.fail_unregister:
+            return 1
+        del self.registered[ptr]
+        return 0
+
+
+def test_each_reader_pins_its_own_disjoint_page_aligned_slots_and_all_are_released(monkeypatch):
+    """REF_PIN=SLOTS: reader t registers its slots [t*k, (t+1)*k) itself; the ranges do not
+    overlap, start on pages, cover the ring once; close() releases every one, even when one
+    reader's registering failed or one release fails (every other range is still released)."""
+    import threading
+
+    import torch
+
+    from loadbench.loaders import reference_lib
+    size, readers, per = 3 * reference_lib.PAGE, 4, 2
+    fake = _FakeCudart()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    ring = reference_lib.HostRing(readers * per, size, "slots")
+    assert ring.host.data_ptr() % reference_lib.PAGE == 0 and not fake.registered  # nothing up front
+    pool = [threading.Thread(target=ring.claim, args=(t * per, per)) for t in range(readers)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    spans = sorted(fake.registered.items())
+    assert [p % reference_lib.PAGE for p, _ in spans] == [0] * readers
+    assert [n for _, n in spans] == [per * size] * readers
+    assert all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))  # back to back, no overlap
+    assert spans[0][0] == ring.host.data_ptr() and ring.register_s > 0
+    ring.close()
+    assert fake.registered == {} and ring.unregister_s > 0 and ring.seconds >= ring.register_s
+
+    fake = _FakeCudart(fail_register=2)  # the second reader's registering fails
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    ring = reference_lib.HostRing(readers * per, size, "slots")
+    ring.claim(0, per)
+    with pytest.raises(RuntimeError, match="cudaHostRegister of the reference's staging ring failed"):
+        ring.claim(per, per)
+    ring.claim(2 * per, per)
+    ring.close()
+    assert fake.registered == {}
+
+    ring = reference_lib.HostRing(readers * per, size, "slots")
+    for t in range(readers):
+        ring.claim(t * per, per)
+    fake.fail_unregister = ring.host.data_ptr()  # the first range cannot be released
+    with pytest.raises(RuntimeError, match="1 of 4 ranges of the ring"):
+        ring.close()
+    assert list(fake.registered) == [ring.host.data_ptr()]  # the other three were
+
+
+def test_the_up_front_ring_is_registered_whole_before_any_reader(monkeypatch):
+    import torch
+
+    from loadbench.loaders import reference_lib
+    fake = _FakeCudart()
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
+    ring = reference_lib.HostRing(6, 2 * reference_lib.PAGE, "register")
+    assert fake.registered == {ring.host.data_ptr(): 12 * reference_lib.PAGE}
+    ring.claim(0, 1)  # a no-op unless SLOTS
+    assert len(fake.registered) == 1
+    ring.close()
+    assert fake.registered == {}
