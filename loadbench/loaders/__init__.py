@@ -161,7 +161,12 @@ LIBRARIES: tuple[Library, ...] = (
                     "(memory advised for huge pages, each reader registers its own buffers with "
                     "cudaHostRegister as it starts), REGISTER (all of it registered before any "
                     "read, as InstantTensor does) or ALLOC (cudaHostAlloc, torch's pinned "
-                    "allocator).", "SLOTS", choices=("ALLOC", "REGISTER", "SLOTS"))),
+                    "allocator).", "SLOTS", choices=("ALLOC", "REGISTER", "SLOTS")),
+             Option("direct", "REF_DIRECT", "bool",
+                    "reference: 1 reads local files with O_DIRECT (skips the page cache, as "
+                    "fastsafetensors and InstantTensor do by default): each read covers whole "
+                    "pages into an aligned buffer, then its bytes are copied out. Default 0, "
+                    "buffered reads. Not for object storage.")),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )
 

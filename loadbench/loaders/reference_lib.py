@@ -332,21 +332,55 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
             "ring_bytes": ring.nbytes, "pin": pin, **stages}
 
 
-class LocalFiles:
-    """Spans read with preadv from local files, one descriptor per file, closed on exit."""
+def _read_direct(fd: int, view: memoryview, offset: int, need: int) -> None:
+    """O_DIRECT: page-aligned `view` and `offset`; at least `need` bytes (the file may end
+    before the view does, so the last read comes back short)."""
+    done = 0
+    while done < need:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"short read at offset {offset + done}")
+        done += n
 
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
+
+class LocalFiles:
+    """Spans read with preadv from local files, one descriptor per file, closed on exit.
+    `direct`: opened with O_DIRECT, as fastsafetensors and InstantTensor read by default. O_DIRECT
+    needs page-aligned file offsets, lengths and memory, and a safetensors data section starts
+    anywhere, so each span is read as the pages that cover it into the thread's own aligned
+    scratch buffer and copied out (a memory copy, inside the timed load, that a disk-bound cold
+    load has time for)."""
+
+    def __init__(self, paths: list[str], direct: bool = False) -> None:
+        self.paths, self.direct = paths, direct
 
     def __enter__(self) -> Reader:
-        self.fds = {path: os.open(path, os.O_RDONLY) for path in dict.fromkeys(self.paths)}
+        flags = os.O_RDONLY | (os.O_DIRECT if self.direct else 0)
+        self.fds = {path: os.open(path, flags) for path in dict.fromkeys(self.paths)}
 
         def read(src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
             pos = 0
             for off, n in spans:
                 _read_all(self.fds[src], view[pos:pos + n], off)
                 pos += n
-        return read
+
+        scratch = threading.local()
+
+        def read_direct(src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
+            import mmap
+            pos = 0
+            for off, n in spans:
+                start = off - off % PAGE
+                lead = off - start
+                length = -(-(lead + n) // PAGE) * PAGE
+                buf = getattr(scratch, "buf", None)
+                if buf is None or len(buf) < length:  # page-aligned, as O_DIRECT needs
+                    buf = scratch.buf = mmap.mmap(-1, length)
+                pages = memoryview(buf)[:length]
+                _read_direct(self.fds[src], pages, start, lead + n)
+                view[pos:pos + n] = pages[lead:lead + n]
+                pos += n
+        return read_direct if self.direct else read
 
     def __exit__(self, *exc: Any) -> None:
         for fd in self.fds.values():
@@ -354,9 +388,9 @@ class LocalFiles:
 
 
 def read_into(dest: torch.Tensor, sections: list[Section], threads: int, chunk: int,
-              buffers: int, pin: str = "alloc") -> dict[str, Any]:
+              buffers: int, pin: str = "alloc", direct: bool = False) -> dict[str, Any]:
     """Fill `dest` (uint8, on any device) with the local sections' bytes."""
-    with LocalFiles([s[0] for s in sections]) as read:
+    with LocalFiles([s[0] for s in sections], direct) as read:
         return pipeline(dest, _chunks(sections, chunk), read, threads, buffers, pin)
 
 
@@ -383,6 +417,10 @@ def _shape(ctx: LoadContext, threads: int | None = None, chunk: int = DEFAULT_CH
             (ctx.options.get("pin") or DEFAULT_PIN).lower())
 
 
+def _how(direct: bool) -> str:
+    return "O_DIRECT preadv (skips the page cache)" if direct else "buffered preadv (page cache)"
+
+
 def _ring(ctx: LoadContext, buffers: int, pin: str) -> str:
     how = {"register": "cudaHostRegister", "slots": "cudaHostRegister by each reader, huge pages"
            }.get(pin, "cudaHostAlloc")
@@ -396,8 +434,9 @@ def load(ctx: LoadContext) -> torch.nn.Module:
     ctx.mark("skeleton")
     entries, sections, total = layout(weight_files(ctx.checkpoint.folder))
     dest = _destination(ctx, total)
-    ctx.info.update(read_into(dest, sections, threads, chunk, buffers, pin))
-    ctx.io_mode = (f"buffered preadv (page cache), {threads} threads, {chunk >> 20} MiB chunks"
+    direct = bool(ctx.options.get("direct"))
+    ctx.info.update(read_into(dest, sections, threads, chunk, buffers, pin, direct))
+    ctx.io_mode = (f"{_how(direct)}, {threads} threads, {chunk >> 20} MiB chunks"
                    f"{_ring(ctx, buffers, pin)}")
     ctx.info.update(threads=threads, chunk_bytes=chunk, buffers=buffers, allocation_bytes=total)
     return assign(model, tensors(dest, entries), ctx.device)
@@ -468,6 +507,9 @@ def _remote(ctx: LoadContext) -> tuple[Remote, tuple[int, int, int, str]]:
     registered by each reader unless REF_PIN says otherwise, as from files)."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
+    if ctx.options.get("direct"):
+        raise ValueError("REF_DIRECT=1 reads local files with O_DIRECT, and a load from object "
+                         "storage (MODEL_URI) has none: unset REF_DIRECT, or load from MODEL_PATH")
     return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes, per_thread=1)
 
 
@@ -544,9 +586,10 @@ def load_tp(ctx: LoadContext, rank: int, world: int, plan: TPPlan) -> torch.nn.M
     model = models.skeleton(ctx.config, ctx.dtype)
     ctx.mark("skeleton")
     paths = weight_files(ctx.checkpoint.folder)
-    with LocalFiles(paths) as read:
+    direct = bool(ctx.options.get("direct"))
+    with LocalFiles(paths, direct) as read:
         state = _rank_state(ctx, plan, paths, _local_header, read, how)
-    ctx.io_mode = (f"buffered preadv (page cache) of the rank's bytes only, {threads} threads, "
+    ctx.io_mode = (f"{_how(direct)} of the rank's bytes only, {threads} threads, "
                    f"{chunk >> 20} MiB chunks{_ring(ctx, buffers, pin)}; strided (rowwise) slices read "
                    f"as one span per row")
     return plan.assign(model, state, ctx.device)

@@ -235,3 +235,21 @@ def test_fastsafetensors_io_mode_is_what_the_document_says(model_copy, tmp_path,
     assert doc["trials"][0]["resident_before"] == 0.0
     assert ("O_DIRECT" in doc["io_mode"]) == (odirect == "1"), doc["io_mode"]
     assert cache.residency(files) == pytest.approx(resident_after, abs=0.05)
+
+
+@pytest.mark.parametrize("direct,resident_after", [("1", 0.0), ("0", 1.0)])
+def test_the_references_o_direct_reads_skip_the_page_cache_and_verify(model_copy, tmp_path, direct,
+                                                                      resident_after):
+    """REF_DIRECT=1: the reference reads whole pages with O_DIRECT around its unaligned spans; every
+    tensor still verifies, the page cache stays empty (mincore), and io_mode says which it was."""
+    from loadbench.storage import cache
+    files = [str(p) for p in (model_copy / "safetensors").glob("*.safetensors")]
+    proc = bench(model_copy, tmp_path / "res", LIBRARIES="reference", REF_DIRECT=direct,
+                 CACHE_MODE="cold", SKIP_INFERENCE="1")
+    assert proc.returncode == 0, proc.stderr
+    (doc,) = docs_under(tmp_path / "res")
+    (trial,) = doc["trials"]
+    assert trial["status"] == "ok" and trial["tensors_verified"] > 0 and not trial["mismatches"]
+    assert trial["resident_before"] == 0.0
+    assert doc["io_mode"].startswith("O_DIRECT preadv" if direct == "1" else "buffered preadv")
+    assert cache.residency(files) == pytest.approx(resident_after, abs=0.05)

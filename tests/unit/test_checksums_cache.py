@@ -281,3 +281,27 @@ def test_the_up_front_ring_is_registered_whole_before_any_reader(monkeypatch):
     assert len(fake.registered) == 1
     ring.close()
     assert fake.registered == {}
+
+
+def test_o_direct_spans_read_the_same_bytes_as_buffered_ones(tmp_path):
+    """O_DIRECT needs page-aligned offsets and lengths; the spans a load asks for are neither (a
+    safetensors data section starts anywhere, a rank's rows are a few bytes apart). Each span is
+    read as the pages covering it: the bytes are the buffered reader's, up to the file's last byte."""
+    import os
+
+    from loadbench.loaders import reference_lib
+    path = tmp_path / "f.bin"
+    data = os.urandom(5 * reference_lib.PAGE + 123)  # ends mid-page
+    path.write_bytes(data)
+    spans = ((7, 100), (4090, 10), (4096, 4096), (3 * 4096 + 5, 2 * 4096 + 118 - 5), (0, 1))
+    total = sum(n for _, n in spans)
+    try:
+        with reference_lib.LocalFiles([str(path)], direct=True) as read:
+            out = bytearray(total)
+            read(str(path), spans, memoryview(out))
+    except OSError as e:  # tmpfs and some overlays refuse O_DIRECT
+        pytest.skip(f"O_DIRECT refused here: {e}")
+    assert bytes(out) == b"".join(data[o:o + n] for o, n in spans)
+    with reference_lib.LocalFiles([str(path)], direct=True) as read:
+        with pytest.raises(OSError, match="short read"):  # past the end
+            read(str(path), ((len(data) - 10, 20),), memoryview(bytearray(20)))
