@@ -59,11 +59,12 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 # Everything this call prints also goes to $OUT/run.log: a device call returns only the last
 # lines of its output, and a published run keeps its calls' logs. stderr stays stderr; on exit
-# the script waits for both tees, so the log is whole when the call's $OUT is collected.
+# the script waits for both tees, so the log is whole when the call's $OUT is collected, but
+# 10 s at most: a straggling child that still holds the pipes must not hold the call.
 exec 3>&1 4>&2
 exec > >(tee -a "$OUT/run.log"); TEE_OUT=$!
 exec 2> >(tee -a "$OUT/run.log" >&4); TEE_ERR=$!
-trap 'exec 1>&3 2>&4; wait "$TEE_OUT" "$TEE_ERR" 2>/dev/null' EXIT
+trap 'exec 1>&3 2>&4; for _ in {1..100}; do kill -0 "$TEE_OUT" 2>/dev/null || kill -0 "$TEE_ERR" 2>/dev/null || break; sleep 0.1; done' EXIT
 export PYTHONUNBUFFERED=1
 WORK=${WORK:-/root/loadbench-work}
 # Bytecode as the image has it (pip compiles what it installs): a machine whose site-packages hold
