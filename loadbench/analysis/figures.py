@@ -103,21 +103,16 @@ def render(fig: Any, out: str | None, name: str, formats: list[str]) -> tuple[li
     return paths, png
 
 
-def _reference_line(g: Group) -> str | None:
-    """The row drawn as the reference line: the instrument's fastest configuration. Its other
-    configurations (a sweep of its settings) stay rows of their own, else they would vanish."""
-    refs = g.rows[g.rows["is_reference"] & g.rows["median_s"].notna()]
-    return None if refs.empty else str(refs.sort_values("median_s")["row"].iloc[0])
-
-
 def _reference_legend(g: Group) -> str:
     """The line's legend: which of the instrument's configurations it is, where it has several."""
     several = int((g.rows["is_reference"] & g.rows["median_s"].notna()).sum()) > 1
-    return esc("loadbench reference loader" + (f" ({_reference_line(g)})" if several else ""))
+    return esc("loadbench reference loader" + (f" ({g.reference_row})" if several else ""))
 
 
 def _contenders(g: Group) -> pd.DataFrame:
-    rows = g.rows[(g.rows["row"] != _reference_line(g)) & g.rows["median_s"].notna()]
+    """Every row but the one drawn as the reference line: the instrument's other configurations
+    (a sweep of its settings) stay rows of their own, else they would vanish."""
+    rows = g.rows[(g.rows["row"] != g.reference_row) & g.rows["median_s"].notna()]
     return rows.sort_values("median_s", ascending=False)   # fastest at the top of a barh
 
 
@@ -246,14 +241,14 @@ def cdf(g: Group) -> Any | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours, k, line = plt.get_cmap("tab10"), 0, _reference_line(g)
+    colours, k = plt.get_cmap("tab10"), 0
     for _, r in g.rows.sort_values("median_s").iterrows():
         values = sorted(ok[ok["row"] == r["row"]]["total_s"])
         if not values:
             continue
         # Ten colours, then the same ten dotted, then dash-dotted: past ten libraries the default
         # cycle gave the 1st and 11th the same line (instanttensor's two backends, 0.39 and 9.7 s).
-        dashed = r["row"] == line
+        dashed = r["row"] == g.reference_row
         style = dict(color=REFERENCE_COLOUR, linestyle="--") if dashed else dict(
             color=colours(k % 10), linestyle=("-", ":", "-.")[k // 10 % 3])
         k += not dashed

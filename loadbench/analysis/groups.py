@@ -71,6 +71,7 @@ class Group:
     bound_gbps: float | None = None
     resident: float = 0.0
     reference_s: float | None = None
+    reference_row: str | None = None  # the instrument's fastest configuration: reference_s is its
     notes: list[str] = field(default_factory=list)
     suffix: str = ""          # set by build() when two groups' names would make one slug
 
@@ -262,8 +263,10 @@ def _rows(g: Group) -> pd.DataFrame:
             "warnings": stats.warnings(s, f"{g.title}, {row}") if s["n"] else [],
         })
     rows = pd.DataFrame(out)
-    ref = rows[rows["is_reference"] & rows["median_s"].notna()]["median_s"]
-    g.reference_s = float(ref.min()) if len(ref) else None
+    ref = rows[rows["is_reference"] & rows["median_s"].notna()]
+    best = ref.loc[ref["median_s"].idxmin()] if len(ref) else None
+    g.reference_s = None if best is None else float(best["median_s"])
+    g.reference_row = None if best is None else str(best["row"])
     rows["x_reference"] = rows["median_s"] / g.reference_s if g.reference_s else None
     return rows
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import queue
 import struct
@@ -129,9 +130,12 @@ def _row_chunks(path: str, start: int, doff: int, seg: int, rows: int, stride: i
     return out
 
 
-def _read_all(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
+def _read_all(fd: int, view: memoryview, offset: int, need: int | None = None) -> None:
+    """Fill `view` from `offset`, or its first `need` bytes at least: with O_DIRECT the view
+    covers whole pages and the file may end before the last one does (that read comes back
+    short)."""
+    done, need = 0, len(view) if need is None else need
+    while done < need:
         n = os.preadv(fd, [view[done:]], offset + done)
         if n <= 0:
             raise OSError(f"short read at offset {offset + done}")
@@ -178,7 +182,6 @@ class HostRing:
         self._lock = threading.Lock()
         self.register_s = self.unregister_s = 0.0
         if pin == "slots":
-            import mmap
             area = mmap.mmap(-1, self.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             try:  # fewer pages to fault in and to pin; a kernel without THP says EINVAL
                 area.madvise(mmap.MADV_HUGEPAGE)
@@ -200,9 +203,7 @@ class HostRing:
         _cuda("cudaHostRegister", self.host.data_ptr() + offset, nbytes, 0)
         with self._lock:
             self._registered.append(self.host.data_ptr() + offset)
-        took = time.perf_counter() - start
-        with self._lock:
-            self.register_s = max(self.register_s, took)
+            self.register_s = max(self.register_s, time.perf_counter() - start)
 
     def slot(self, i: int) -> torch.Tensor:
         return self.host[i * self.size:(i + 1) * self.size]
@@ -332,17 +333,6 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
             "ring_bytes": ring.nbytes, "pin": pin, **stages}
 
 
-def _read_direct(fd: int, view: memoryview, offset: int, need: int) -> None:
-    """O_DIRECT: page-aligned `view` and `offset`; at least `need` bytes (the file may end
-    before the view does, so the last read comes back short)."""
-    done = 0
-    while done < need:
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise OSError(f"short read at offset {offset + done}")
-        done += n
-
-
 class LocalFiles:
     """Spans read with preadv from local files, one descriptor per file, closed on exit.
     `direct`: opened with O_DIRECT, as fastsafetensors and InstantTensor read by default. O_DIRECT
@@ -367,7 +357,6 @@ class LocalFiles:
         scratch = threading.local()
 
         def read_direct(src: str, spans: tuple[tuple[int, int], ...], view: memoryview) -> None:
-            import mmap
             pos = 0
             for off, n in spans:
                 start = off - off % PAGE
@@ -377,7 +366,7 @@ class LocalFiles:
                 if buf is None or len(buf) < length:  # page-aligned, as O_DIRECT needs
                     buf = scratch.buf = mmap.mmap(-1, length)
                 pages = memoryview(buf)[:length]
-                _read_direct(self.fds[src], pages, start, lead + n)
+                _read_all(self.fds[src], pages, start, lead + n)
                 view[pos:pos + n] = pages[lead:lead + n]
                 pos += n
         return read_direct if self.direct else read

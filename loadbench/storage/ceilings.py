@@ -150,7 +150,6 @@ def storage_read(paths: list[str], seconds: float) -> dict[str, Any]:
                 if direct:
                     break  # the filesystem refuses O_DIRECT: no other shape will differ
     cache.evict(paths)
-    rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
     # One process's figure: fio's multi-job runs are several processes, so they count only
     # towards the aggregate.
     single = [t for k, t in tries.items() if t.get("gbps") and not (k.startswith("fio") and
@@ -159,8 +158,7 @@ def storage_read(paths: list[str], seconds: float) -> dict[str, Any]:
         return {"gbps": None, "method": "no storage read completed (every try was refused or read "
                                          "nothing)", "tries": tries}
     best = max(single, key=lambda t: t["gbps"])
-    return dict(best, tries=tries, spread={"min_gbps": min(rates), "max_gbps": max(rates),
-                                           "tries": len(rates)})
+    return dict(best, tries=tries, spread=_spread(tries))
 
 
 READERS = (2, 4)  # concurrent reader processes for the aggregate (1 is the single-process figure)
@@ -240,8 +238,7 @@ def storage_aggregate(paths: list[str], seconds: float, single: dict[str, Any]) 
     if not rates:
         return {"gbps": None, "method": "no concurrent read completed", "tries": tries}
     best = max((t for t in tries.values() if t.get("gbps")), key=lambda t: t["gbps"])
-    return dict(best, tries=tries, spread={"min_gbps": min(rates), "max_gbps": max(rates),
-                                           "tries": len(rates)})
+    return dict(best, tries=tries, spread=_spread(tries))
 
 
 def page_cache_read(paths: list[str], seconds: float) -> dict[str, Any]:
@@ -278,6 +275,12 @@ def host_to_device(device: torch.device, pinned: bool, seconds: float,
                                     f"{nbytes >> 20} MiB copies")
 
 
+def _spread(tries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The best and worst rate of the tries that read something (at least one did)."""
+    rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
+    return {"min_gbps": min(rates), "max_gbps": max(rates), "tries": len(rates)}
+
+
 def measure(paths: list[str], device: torch.device, seconds: float,
             progress: Callable[[str], None] = print) -> dict[str, Any]:
     """All ceilings, each bounded by `seconds`; missing ones say why."""
@@ -293,9 +296,7 @@ def measure(paths: list[str], device: torch.device, seconds: float,
         tries = out["storage_read_aggregate"]["tries"]
         best = max(tries.values(), key=lambda t: t.get("gbps") or 0)
         out["storage_read_aggregate"].update({k: best[k] for k in ("gbps", "bytes", "seconds", "method")})
-        rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
-        out["storage_read_aggregate"]["spread"] = {"min_gbps": min(rates), "max_gbps": max(rates),
-                                                   "tries": len(rates)}
+        out["storage_read_aggregate"]["spread"] = _spread(tries)
     progress(f"ceilings: page-cache read (<= {seconds:g} s)")
     out["page_cache_read"] = page_cache_read(paths, seconds)
     out.update(device_ceilings(device, seconds, progress))
