@@ -144,6 +144,23 @@ def test_bad_object_storage_input_exits_2_in_one_line(uploaded, tmp_path, uri, c
     assert "Traceback" not in proc.stderr
 
 
+def test_o_direct_reads_of_a_bucket_are_refused_in_one_line_with_an_error_document(uploaded, tmp_path):
+    """REF_DIRECT=1 reads local files; the reference's own reads of a bucket have none. The trial
+    fails with what to do (exit 1), its error document says the same, and nothing is downloaded."""
+    uri, server = uploaded
+    pod = tmp_path / "pod"
+    proc = bench(uri, server, pod, tmp_path / "res", LIBRARIES="reference", REF_DIRECT="1")
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "REF_DIRECT=1 reads local files with O_DIRECT" in last and "unset REF_DIRECT" in last, last
+    assert "Traceback" not in proc.stderr
+    (doc,) = result_lines(proc.stdout)
+    assert not schema.problems(doc) and doc["status"] == "error"
+    (trial,) = doc["trials"]
+    assert trial["status"] == "error" and "MODEL_URI" in trial["error"]["message"]
+    assert not list(pod.rglob("*.safetensors"))
+
+
 def test_an_unreachable_endpoint_is_transient(uploaded, tmp_path):
     from tests.s3server import free_port
     uri, server = uploaded
