@@ -134,6 +134,22 @@ CONFIGS=(
   # fastsafetensors' O_DIRECT default (6.77 s) on 2026-12-04
   "reference-direct|LIBRARIES=reference REF_DIRECT=1"
 )
+# EXTRA: more configurations for this call, `label|LIBRARIES=lib VAR=value ...`, `;` between
+# them: a sweep without editing this file, e.g. EXTRA='reference-t14|LIBRARIES=reference
+# REF_THREADS=14;reference-b36|LIBRARIES=reference REF_BUFFERS=36' (LABELS narrows them too)
+if [ -n "${EXTRA:-}" ]; then
+  IFS=';' read -ra extra_configs <<< "$EXTRA"
+  for cfg in "${extra_configs[@]}"; do
+    if ! [[ $cfg =~ ^[a-z0-9][a-z0-9._-]*\|LIBRARIES=[a-z0-9_-]+(\ [A-Z][A-Z0-9_]*=[^[:space:]|\;\$\`]+)*$ ]]; then
+      echo "EXTRA: '$cfg' is not 'label|LIBRARIES=library VAR=value ...' (';' between configurations)" >&2
+      exit 2
+    fi
+    for known in "${CONFIGS[@]}"; do
+      [ "${known%%|*}" != "${cfg%%|*}" ] || { echo "EXTRA: label '${cfg%%|*}' is taken: name it otherwise" >&2; exit 2; }
+    done
+    CONFIGS+=("$cfg")
+  done
+fi
 # label | env for a configuration that reads the checkpoint from object storage (phase s3)
 S3_CONFIGS=(
   "tensorizer|LIBRARIES=tensorizer"
@@ -175,6 +191,10 @@ save() {  # $1: the libraries whose formats a new checkpoint gets (default: ever
 declare -A FORMAT_OF
 while read -r lib fmt; do FORMAT_OF[$lib]=$fmt; done < <(python3 -c \
   "from loadbench import loaders; print('\n'.join(f'{l.name} {l.format}' for l in loaders.LIBRARIES))")
+for cfg in "${CONFIGS[@]}"; do  # EXTRA's too: a misspelt library stops the call, not each pod
+  lib=${cfg#*LIBRARIES=}; lib=${lib%% *}
+  [ -n "${FORMAT_OF[$lib]:-}" ] || { echo "configuration ${cfg%%|*}: unknown library '$lib' (known: ${!FORMAT_OF[*]})" >&2; exit 2; }
+done
 
 libs_of() {  # ARRAY...: the libraries of the wanted configurations of these arrays, one per line
   local name cfg lib

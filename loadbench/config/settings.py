@@ -318,6 +318,12 @@ class Settings:
     identity: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)  # every variable by name, as parsed
 
+    def reads_bucket(self, lib: str) -> bool:
+        """Whether `lib` reads MODEL_URI itself (ranged GETs, no local copy): the one rule, for the
+        settings that only local files allow and for the load path that picks `load_s3`."""
+        return (bool(self.model_uri) and loaders.get(lib).reads_s3 and self.s3_read == "native"
+                and self.s3_cache == "none")
+
     def record(self) -> dict[str, Any]:
         """What a result document stores: variables by their names, as resolved."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.raw.items()}
@@ -375,7 +381,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                                   "NODE_NAME", "POD_NAMESPACE")}
     ceilings = {"1": "measure", "measure": "measure", "0": "off", "reuse": "reuse",
                 "fresh": "fresh"}[v["CEILINGS"]]
-    return Settings(
+    settings = Settings(
         model_id=v["MODEL_ID"], model_path=model_path, dtype=dtype, random_seed=v["RANDOM_SEED"],
         shard_size=shard, tp_size=v["TP_SIZE"], num_trials=v["NUM_TRIALS"], res_path=v["RES_PATH"],
         run_id=run_id,
@@ -388,6 +394,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         result_lines=v["RESULT_LINES"], options=options, identity=identity,
         raw=dict(v, DTYPE=dtype, LIBRARIES=libs, MODEL_PATH=model_path, RUN_ID=run_id, CEILINGS=ceilings,
                  MODEL_URI=model_uri))
+    for lib in libs:
+        for o in loaders.get(lib).options:
+            if o.local_only and settings.reads_bucket(lib) and any(options.get(lib, {}).get(o.field) or ()):
+                raise ConfigError(
+                    f"{o.env}={env.get(o.env)!r} is for local files, and with MODEL_URI, S3_READ=native "
+                    f"and S3_CACHE=none {lib} reads the bucket itself: unset {o.env}, or set "
+                    f"S3_READ=download or S3_CACHE=node (it reads the downloaded files)")
+    return settings
 
 
 def variants(settings: Settings) -> list[tuple[str, dict[str, Any]]]:

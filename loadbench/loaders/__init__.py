@@ -56,6 +56,8 @@ class Option:
     default: str = "default"       # "default": the library's own choice
     choices: tuple[str, ...] = ()
     label: str = ""                # short form in labels; default: field without underscores
+    local_only: bool = False       # true only for local files: refused (exit 2) for the
+                                   # library's own reads of MODEL_URI (S3_READ=native)
 
     @property
     def short(self) -> str:
@@ -166,7 +168,8 @@ LIBRARIES: tuple[Library, ...] = (
                     "reference: 1 reads local files with O_DIRECT (skips the page cache, as "
                     "fastsafetensors and InstantTensor do by default): each read covers whole "
                     "pages into an aligned buffer, then its bytes are copied out. Default 0, "
-                    "buffered reads. Not for object storage.")),
+                    "buffered reads. Refused (exit 2) where the reference reads MODEL_URI itself "
+                    "(S3_READ=native, S3_CACHE=none).", local_only=True)),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )
 

@@ -116,7 +116,7 @@ class S3Source:
                 "endpoint": about.get("endpoint"), "credentials": about.get("credentials")}
 
     def native(self, lib: Library) -> bool:
-        return lib.reads_s3 and self.cfg.s3_read == "native" and self.cfg.s3_cache == "none"
+        return self.cfg.reads_bucket(lib.name)
 
     def remote(self, lib: Library, ckpt: Checkpoint) -> Remote | None:
         if not self.native(lib):

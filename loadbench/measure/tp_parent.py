@@ -99,8 +99,7 @@ class Ranks:
         self.lib = lib
         doc["tp_size"] = self.world
         cfg = self.cfg
-        if cfg.model_uri and not (loaders.get(lib).tp_s3 and cfg.s3_read == "native"
-                                  and cfg.s3_cache == "none"):
+        if cfg.model_uri and not (loaders.get(lib).tp_s3 and cfg.reads_bucket(lib)):
             able = ", ".join(x.name for x in loaders.LIBRARIES if x.tp_s3)
             raise ConfigError(f"MODEL_URI with TP_SIZE={self.world}: the ranks read object storage "
                               f"themselves (S3_READ=native, S3_CACHE=none), which {able} can; "

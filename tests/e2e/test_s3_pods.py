@@ -145,19 +145,19 @@ def test_bad_object_storage_input_exits_2_in_one_line(uploaded, tmp_path, uri, c
 
 
 def test_o_direct_reads_of_a_bucket_are_refused_in_one_line_with_an_error_document(uploaded, tmp_path):
-    """REF_DIRECT=1 reads local files; the reference's own reads of a bucket have none. The trial
-    fails with what to do (exit 1), its error document says the same, and nothing is downloaded."""
+    """REF_DIRECT=1 reads local files; the reference's own reads of a bucket have none. The pod
+    refuses the settings before any work (exit 2, no retry can fix them), its last line and its
+    error document say what to change, and nothing is downloaded."""
     uri, server = uploaded
     pod = tmp_path / "pod"
     proc = bench(uri, server, pod, tmp_path / "res", LIBRARIES="reference", REF_DIRECT="1")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert "REF_DIRECT=1 reads local files with O_DIRECT" in last and "unset REF_DIRECT" in last, last
+    assert "REF_DIRECT='1' is for local files" in last and "unset REF_DIRECT" in last, last
     assert "Traceback" not in proc.stderr
     (doc,) = result_lines(proc.stdout)
     assert not schema.problems(doc) and doc["status"] == "error"
-    (trial,) = doc["trials"]
-    assert trial["status"] == "error" and "MODEL_URI" in trial["error"]["message"]
+    assert "S3_READ=download" in doc["error"]["message"]
     assert not list(pod.rglob("*.safetensors"))
 
 

@@ -175,18 +175,29 @@ def test_a_library_that_does_not_import_stops_the_run_before_the_save(tmp_path: 
 
 def test_a_second_call_runs_only_what_each_configuration_lacks(tmp_path: Path) -> None:
     """warm:1, then warm:2, then warm:2 again on the same machine: 2 pods a configuration, not 3
-    (the second call skips round 1) nor 4."""
-    labels = {"LABELS": "safetensors,reference"}
+    (the second call skips round 1) nor 4. One configuration comes from EXTRA (a sweep point
+    named on the command line); a malformed or misspelt one stops the call before any work."""
+    labels = {"LABELS": "safetensors,reference-t2",
+              "EXTRA": "reference-t2|LIBRARIES=reference REF_THREADS=2 REF_CHUNK_BYTES=1M"}
+    for bad, said in (("t2|LIBRARIES=reference REF_THREADS=$(id)", "is not 'label|LIBRARIES="),
+                      ("reference|LIBRARIES=reference", "label 'reference' is taken"),
+                      ("t2|LIBRARIES=referense", "unknown library 'referense'")):
+        proc = _gpu_run(tmp_path, ["warm:1"], timeout=60, EXTRA=bad)
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "work" / "results").exists()
     first = _gpu_run(tmp_path, ["warm:1"], **labels)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "preflight: 2 libraries import: reference, safetensors" in first.stdout
     second = _gpu_run(tmp_path, ["warm:2"], **labels)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     ran = [line for line in second.stdout.splitlines() if line.startswith("== warm round")]
-    assert ran == ["== warm round 2 safetensors", "== warm round 2 reference"], ran
+    assert ran == ["== warm round 2 safetensors", "== warm round 2 reference-t2"], ran
     third = _gpu_run(tmp_path, ["warm:2"], **labels)
     assert "== warm round" not in third.stdout, third.stdout[-2000:]
     docs, skipped = schema.read_many(str(tmp_path / "work" / "results"))
     assert not skipped, skipped
-    assert sorted(d["label"] for d in docs) == ["reference", "reference", "safetensors", "safetensors"]
+    swept = "reference-threads2-chunkbytes1048576"
+    assert sorted(d["label"] for d in docs) == [swept, swept, "safetensors", "safetensors"]
     assert all(d["status"] == "ok" for d in docs)
+    trials = [t for d in docs if d["library"] == "reference" for t in d["trials"]]
+    assert {t["library_info"]["threads"] for t in trials} == {2}

@@ -50,6 +50,22 @@ def test_bad_values_name_the_variable(env, needle):
     assert needle in str(info.value)
 
 
+def test_a_local_only_option_is_refused_only_where_the_library_reads_the_bucket_itself():
+    """REF_DIRECT=1 (O_DIRECT) has no meaning for ranged GETs: refused at once, naming what to
+    change; allowed where the reference reads files (a download, the node cache, MODEL_PATH)."""
+    bucket = {"LIBRARIES": "reference,safetensors", "MODEL_URI": "s3://bkt/models/llama"}
+    for direct in ("1", "0,1"):
+        with pytest.raises(ConfigError) as info:
+            settings.load({**bucket, "REF_DIRECT": direct})
+        assert f"REF_DIRECT={direct!r} is for local files" in str(info.value)
+        assert "S3_READ=download" in str(info.value)
+    assert settings.load({**bucket, "REF_DIRECT": "0"}).reads_bucket("reference")
+    for files in ({"S3_READ": "download"}, {"S3_CACHE": "node"}, {"MODEL_URI": ""}):
+        s = settings.load({**bucket, "REF_DIRECT": "1", **files})
+        assert not s.reads_bucket("reference") and s.options["reference"]["direct"] == (True,)
+    assert not settings.load(bucket).reads_bucket("safetensors")  # it downloads, then loads
+
+
 def test_libraries_wins_over_skip_and_seed_names_work():
     s = settings.load({"LIBRARIES": "huggingface", "SKIP_HF": "1"})
     assert s.libraries == ("huggingface",)
