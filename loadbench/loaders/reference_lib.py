@@ -496,9 +496,6 @@ def _remote(ctx: LoadContext) -> tuple[Remote, tuple[int, int, int, str]]:
     registered by each reader unless REF_PIN says otherwise, as from files)."""
     if ctx.remote is None:
         raise ValueError("the reference's object-storage loads need ctx.remote (a MODEL_URI source)")
-    if ctx.options.get("direct"):
-        raise ValueError("REF_DIRECT=1 reads local files with O_DIRECT, and a load from object "
-                         "storage (MODEL_URI) has none: unset REF_DIRECT, or load from MODEL_PATH")
     return ctx.remote, _shape(ctx, ctx.remote.concurrency, ctx.remote.part_bytes, per_thread=1)
 
 

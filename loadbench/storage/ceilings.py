@@ -234,11 +234,10 @@ def storage_aggregate(paths: list[str], seconds: float, single: dict[str, Any]) 
         except (OSError, ValueError, subprocess.SubprocessError) as e:
             tries[f"readers-{n}"] = {"gbps": None, "method": f"{n} readers failed: {e}"}
     cache.evict(paths)
-    rates = [t["gbps"] for t in tries.values() if t.get("gbps")]
-    if not rates:
+    read = [t for t in tries.values() if t.get("gbps")]
+    if not read:
         return {"gbps": None, "method": "no concurrent read completed", "tries": tries}
-    best = max((t for t in tries.values() if t.get("gbps")), key=lambda t: t["gbps"])
-    return dict(best, tries=tries, spread=_spread(tries))
+    return dict(max(read, key=lambda t: t["gbps"]), tries=tries, spread=_spread(tries))
 
 
 def page_cache_read(paths: list[str], seconds: float) -> dict[str, Any]:
