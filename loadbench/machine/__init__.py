@@ -94,9 +94,32 @@ def identity(ident: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cpu_model() -> str | None:
+    """The CPU's name: two machines of one kind can differ in it, and then in every phase that
+    runs on the CPU (imports, page-cache copies), so runs that should not be mixed can be told."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _numa_nodes() -> int | None:
+    try:
+        return sum(1 for name in os.listdir("/sys/devices/system/node")
+                   if name.startswith("node") and name[4:].isdigit()) or None
+    except OSError:
+        return None
+
+
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "numa_nodes": _numa_nodes(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": cpus.usable(),
         "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),

@@ -203,6 +203,17 @@ def test_metadata_lists_machine_versions_and_settings():
     assert ["MODEL_ID", '"random/gpt-j-6b"'] in meta["Settings shared by every document"]
     assert any(k == "NUM_TRIALS" for k, _ in meta["Settings that differ"])
     assert meta["Commands"] == [["this report", "plot_results.py r"]]
+    assert ["CPU model", "-"] in meta["Machine"]  # documents written before it was recorded
+
+
+def test_metadata_tells_two_cpu_models_apart():
+    # Two machines of one kind with different CPUs: the report counts each, not just the first.
+    docs = [make_doc(pod="pod-a"), make_doc(pod="pod-b"), make_doc(pod="pod-c")]
+    for doc, cpu in zip(docs, ("Xeon A", "Xeon A", "EPYC B")):
+        doc["machine"] = {"cpu_model": cpu, "numa_nodes": 2}
+    meta = dict(page.metadata(docs, "plot_results.py r"))
+    assert ["CPU model", "Xeon A (2), EPYC B (1)"] in meta["Machine"]
+    assert ["NUMA nodes", "2"] in meta["Machine"]
 
 
 def test_empty_and_odd_frames_build_nothing_without_error():

@@ -305,3 +305,14 @@ def test_o_direct_spans_read_the_same_bytes_as_buffered_ones(tmp_path):
     with reference_lib.LocalFiles([str(path)], direct=True) as read:
         with pytest.raises(OSError, match="short read"):  # past the end
             read(str(path), ((len(data) - 10, 20),), memoryview(bytearray(20)))
+
+
+def test_the_machine_names_its_cpu_and_numa_nodes():
+    from loadbench import machine
+    info = machine.machine()
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    assert info["cpu_model"] == (names[0] if names and names[0] else info["cpu_model"])
+    assert isinstance(info["cpu_model"], str) and info["cpu_model"]
+    nodes = [n for n in os.listdir("/sys/devices/system/node") if n.startswith("node") and n[4:].isdigit()]
+    assert info["numa_nodes"] == len(nodes) >= 1
