@@ -2,14 +2,23 @@
 """Fidelity A/B: loadbench against the bare library calls, interleaved.
 
 For each library and cache mode, the same load is timed two ways, each in a
-fresh process, alternating A B A B ...: A is deserialize_benchmark.py (one
-trial, no ceilings, no inference: only the timed region matters), B is what a
-user would write by hand with no loadbench code in the process except the
-meta-device skeleton (the same on both sides). Interleaving makes both sides
-meet the same drift of the machine. The report gives the median ratio A/B
-and a bootstrap 95% interval of it: loadbench's overhead, with its noise.
+process of its own that loads once, alternating A B B A ...: A is loadbench's
+pod (deserialize_benchmark.py: one trial, no ceilings, no inference: only the
+timed region matters), B is what a user would write by hand with no loadbench
+code in the process except the meta-device skeleton (the same on both sides).
+Interleaving makes both sides meet the same drift of the machine. The report
+gives the median ratio A/B and a bootstrap 95% interval of it: loadbench's
+overhead, with its noise.
 
-    python benchmarks/fidelity.py --model-path DIR --samples 7 --modes warm --out fidelity.json
+Warm loads of one process differ by ~10% from the next, so an interval inside
++-5% takes about 30 samples a side. A fresh interpreter spends 5-7 s importing
+torch and transformers before a 0.4-3 s load; by default (--start forkserver)
+each sample is instead a child forked from a server that imported them once
+and nothing else: CUDA is initialised in the child, the library is imported
+there, and the child loads once and exits, on both sides alike. --start fresh
+runs a new interpreter per sample, as a pod does.
+
+    python benchmarks/fidelity.py --model-path DIR --samples 30 --modes warm --out fidelity.json
 
 A run split over calls (each library's cells in a call of their own, on one machine) is put
 together afterwards, its ratios computed again from the raw samples:
@@ -20,12 +29,15 @@ together afterwards, its ratios computed again from the raw samples:
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -117,7 +129,7 @@ PACKAGES = {"tensorizer": "tensorizer", "safetensors": "safetensors.torch", "fas
             "huggingface-bin": "transformers"}
 
 
-def bare(root: str, library: str, mode: str) -> dict[str, float]:
+def bare(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, float]:
     """One load as a user writes it: the same phases loadbench times."""
     import importlib
 
@@ -129,8 +141,15 @@ def bare(root: str, library: str, mode: str) -> dict[str, float]:
     importlib.import_module(PACKAGES[library])  # the user's `import`, before any clock
     with open(os.path.join(root, "manifest.json")) as f:
         dtype = getattr(torch, json.load(f)["model"]["dtype"])
-    torch.zeros(1, device="cuda")
-    torch.cuda.synchronize()
+    target = "cuda:0" if device == "cuda" else device
+    cuda = target.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    torch.zeros(1, device=target)  # the device's context, before any clock (loadbench's too)
+    sync()
     config = AutoConfig.from_pretrained(root)
     skeleton(config, dtype)  # untimed warm-up of the modeling imports, as loadbench does
     paths = weight_files(root, library)
@@ -140,46 +159,131 @@ def bare(root: str, library: str, mode: str) -> dict[str, float]:
     start = time.perf_counter()
     skeleton_at = start
     if BARE[library] is None:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map="cuda",
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=target,
                                                      use_safetensors=library == "huggingface")
     else:
         model = skeleton(config, dtype)
         skeleton_at = time.perf_counter()
-        state = BARE[library](paths, model, "cuda:0")
+        state = BARE[library](paths, model, target)
         if state:
             model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
-    torch.cuda.synchronize()
+    sync()
     end = time.perf_counter()
-    return {"total_s": end - start, "skeleton_s": skeleton_at - start, "weights_s": end - skeleton_at}
+    return {"total_s": end - start, "skeleton_s": skeleton_at - start, "weights_s": end - skeleton_at,
+            "pid": os.getpid()}
 
 
 PHASES = ("total_s", "skeleton_s", "weights_s")
 
 
-def loadbench_side(root: str, library: str, mode: str) -> dict[str, float]:
+def _pod_env(root: str, library: str, mode: str, device: str, res: str) -> dict[str, str]:
+    """A pod's settings for one trial of `library`: no ceilings, no inference, one result."""
     env = dict(os.environ, MODEL_PATH=root, LIBRARIES=library, CACHE_MODE=mode, NUM_TRIALS="1",
-               CEILINGS="0", SKIP_INFERENCE="1", RESULT_LINES="1", RES_PATH="/tmp/fidelity-res",
-               DEVICE="cuda", PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+               CEILINGS="0", SKIP_INFERENCE="1", RESULT_LINES="1", RES_PATH=res, DEVICE=device,
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     with open(os.path.join(root, "manifest.json")) as f:
         env["MODEL_ID"] = json.load(f)["model"]["id"]
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "deserialize_benchmark.py")], env=env,
-                          capture_output=True, text=True)
+    return env
+
+
+def _timed(doc: dict[str, Any]) -> dict[str, float] | None:
+    if doc.get("trials") and doc["trials"][0]["status"] == "ok":
+        t = doc["trials"][0]
+        return {**{k: t[k] or 0.0 for k in PHASES}, "pid": (doc.get("identity") or {}).get("pid")}
+    return None
+
+
+def loadbench_side(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, float]:
+    """A fresh interpreter running deserialize_benchmark.py, as a pod does."""
+    with tempfile.TemporaryDirectory(prefix="fidelity-res-") as res:
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "deserialize_benchmark.py")],
+                              env=_pod_env(root, library, mode, device, res), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(LOG_PREFIX):
-            doc = json.loads(line[len(LOG_PREFIX):])
-            if doc["trials"] and doc["trials"][0]["status"] == "ok":
-                t = doc["trials"][0]
-                return {k: t[k] or 0.0 for k in PHASES}
+            found = _timed(json.loads(line[len(LOG_PREFIX):]))
+            if found:
+                return found
     raise RuntimeError(f"loadbench {library} {mode} failed: {proc.stderr.strip()[-300:]}")
 
 
-def bare_side(root: str, library: str, mode: str) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, __file__, "--model-path", root, "--one", library, mode],
-                          capture_output=True, text=True)
+def bare_side(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, float]:
+    proc = subprocess.run([sys.executable, __file__, "--model-path", root, "--device", device,
+                           "--one", library, mode], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"bare {library} {mode} failed: {proc.stderr.strip()[-300:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def loadbench_here(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, float]:
+    """loadbench's pod in this process (a forked child): the same entry point as
+    deserialize_benchmark.py, its document read back from its results folder."""
+    from loadbench import cli
+    with tempfile.TemporaryDirectory(prefix="fidelity-res-") as res:
+        os.environ.update(_pod_env(root, library, mode, device, res))
+        code = cli.bench_main([], dict(os.environ))
+        for path in glob.glob(os.path.join(res, "**", "*.json"), recursive=True):
+            with open(path) as f:
+                found = _timed(json.load(f))
+            if found:
+                return found
+    raise RuntimeError(f"the pod exited {code} with no verified trial")
+
+
+def _child(side: str, args: tuple[str, ...], conn: Any, log: str) -> None:
+    """One sample in a forked child. Its prints go to `log`: the parent's output stays its own."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        conn.send(("ok", (loadbench_here if side == "loadbench" else bare)(*args)))
+    except BaseException as e:  # the parent reports it, with the child's log
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def preload(root: str) -> list[str]:
+    """What the fork server imports once: torch, transformers, the model's modeling code and
+    loadbench's pod, and nothing that initialises a device or starts a thread."""
+    names = ["torch", "transformers", "loadbench.cli", "loadbench.models", "loadbench.measure.run"]
+    try:
+        with open(os.path.join(root, "config.json")) as f:
+            kind = str(json.load(f).get("model_type", "")).replace("-", "_")
+        if kind.isidentifier():
+            names.append(f"transformers.models.{kind}.modeling_{kind}")
+    except (OSError, ValueError):
+        pass  # the child imports it then, on both sides alike
+    return names
+
+
+class Forked:
+    """Samples as children of one fork server (multiprocessing's forkserver)."""
+
+    def __init__(self, root: str, device: str) -> None:
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(preload(root))
+        self.device = device
+
+    def sample(self, side: str, root: str, library: str, mode: str) -> dict[str, float]:
+        receive, send = self.ctx.Pipe(duplex=False)
+        with tempfile.NamedTemporaryFile(prefix="fidelity-child-", suffix=".log") as log:
+            proc = self.ctx.Process(target=_child, args=(side, (root, library, mode, self.device),
+                                                         send, log.name))
+            proc.start()
+            send.close()
+            try:
+                status, value = receive.recv()
+            except EOFError:
+                status, value = "error", "the child died without a result"
+            proc.join()
+            if status != "ok" or proc.exitcode:
+                with open(log.name, errors="replace") as f:
+                    last = [line for line in f.read().splitlines() if line.strip()][-1:]
+                said = "".join(f"\n  {line.strip()[-300:]}" for line in last)
+                died = f" (exit {proc.exitcode})" if proc.exitcode else ""
+                raise RuntimeError(f"{side} {library} {mode} failed{died}: {value}{said}")
+        return dict(value)
 
 
 def interval(a: list[float], b: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
@@ -210,6 +314,7 @@ def report(samples: dict[str, dict[str, list[dict[str, float]]]]) -> list[dict[s
                 row[f"{name}_ci95"] = list(interval(xa, xb))
         row["ratio"], row["ci95"] = row.get("weights_ratio"), row.get("weights_ci95")
         row["within_3pct"] = row["ratio"] is not None and abs(row["ratio"] - 1) <= 0.03
+        row["ci95_within_5pct"] = row["ci95"] is not None and 0.95 <= row["ci95"][0] <= row["ci95"][1] <= 1.05
         rows.append(row)
     return rows
 
@@ -263,6 +368,10 @@ def main() -> int:
     ap.add_argument("--out", help="samples and ratios (JSON), rewritten after every sample")
     ap.add_argument("--deadline", type=float, default=1e9,
                     help="seconds for the whole run; a sample that could not finish is not started")
+    ap.add_argument("--start", choices=("forkserver", "fresh"), default="forkserver",
+                    help="each sample a child of a fork server that imported torch and transformers "
+                         "once (default), or a new interpreter, as a pod (5-7 s more per sample)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu, for a try without a GPU")
     ap.add_argument("--one", nargs=2, metavar=("LIBRARY", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.merge:
@@ -275,15 +384,25 @@ def main() -> int:
     if not args.model_path:
         ap.error("--model-path is required (or --merge FILE ...)")
     if args.one:
-        print(json.dumps(bare(args.model_path, *args.one)))
+        print(json.dumps(bare(args.model_path, *args.one, device=args.device)))
         return 0
     unknown = set(args.libraries.split(",")) - set(LIBS)
     if unknown:
         ap.error(f"--libraries: {', '.join(sorted(unknown))} not in {', '.join(LIBS)}")
     end = time.monotonic() + args.deadline
+    how = ("a child of a fork server that imported torch, transformers and the modeling code once"
+           if args.start == "forkserver" else "a new interpreter")
     meta = {"model_path": args.model_path, "it_backend": os.environ.get("IT_BACKEND"),
-            "rule": "ratio = median(loadbench weights_s) / median(bare weights_s); fresh process "
-                    "per sample, interleaved ABBA; bootstrap 95% interval, 5000 resamples"}
+            "start": args.start, "device": args.device,
+            "rule": f"ratio = median(loadbench weights_s) / median(bare weights_s); each sample {how}, "
+                    "loading once; interleaved ABBA; bootstrap 95% interval, 5000 resamples"}
+    if args.start == "forkserver":
+        forked = Forked(args.model_path, args.device)
+        sides = {"loadbench": lambda *a: forked.sample("loadbench", *a),
+                 "bare": lambda *a: forked.sample("bare", *a)}
+    else:
+        sides = {"loadbench": lambda *a: loadbench_side(*a, device=args.device),
+                 "bare": lambda *a: bare_side(*a, device=args.device)}
     samples: dict[str, dict[str, list[dict[str, float]]]] = {}
     longest: dict[str, float] = {}  # the longest pair of each cell so far: what a sample may need
     for i in range(args.samples):  # round-robin: a deadline leaves every cell with equal samples
@@ -294,7 +413,7 @@ def main() -> int:
                     print(f"deadline: {key} sample {i + 1} not started", flush=True)
                     continue
                 cell = samples.setdefault(key, {"loadbench": [], "bare": []})
-                order = [("loadbench", loadbench_side), ("bare", bare_side)]
+                order = list(sides.items())
                 if i % 2:
                     order.reverse()  # ABBA: neither side always goes first
                 t0 = time.monotonic()

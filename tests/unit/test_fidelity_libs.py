@@ -41,7 +41,10 @@ def test_merge_recomputes_the_published_ratios_from_the_raw_samples(tmp_path):
     mod.save(str(out), samples, meta)
     mine = json.loads(out.read_text())
     published = json.loads((PUBLISHED / "llama-2-7b-fidelity.json").read_text())
-    assert mine["ratios"] == published["ratios"]
+    assert [{k: v for k, v in r.items() if k != "ci95_within_5pct"} for r in mine["ratios"]] \
+        == published["ratios"]
+    # Issue 19's second target: every interval inside +-5%. With 7 samples a side none is.
+    assert not any(r["ci95_within_5pct"] for r in mine["ratios"])
     assert {r["library"] for r in mine["ratios"]} == {
         "tensorizer", "safetensors", "huggingface", "instanttensor", "flashpack", "runai-streamer"}
     for r in mine["ratios"]:

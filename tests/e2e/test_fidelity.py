@@ -1,0 +1,65 @@
+"""benchmarks/fidelity.py end to end on the CPU: loadbench's pod against the bare library calls,
+each sample a process of its own that loads once, from a fork server or a new interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.conftest import run_script
+
+
+def _fidelity(model: Path, out: Path, *args: str, libraries: str = "safetensors,tensorizer"):
+    return run_script("benchmarks/fidelity.py", {}, timeout=300, args=[
+        "--device", "cpu", "--model-path", str(model), "--modes", "warm", "--libraries", libraries,
+        "--out", str(out), *args])
+
+
+def test_forked_samples_are_each_a_process_of_their_own_on_both_sides(saved_model, tmp_path):
+    out = tmp_path / "fidelity.json"
+    proc = _fidelity(saved_model, out, "--samples", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "multi-threaded" not in proc.stderr  # the fork server forks before any thread starts
+    doc = json.loads(out.read_text())
+    assert doc["start"] == "forkserver" and "fork server" in doc["rule"]
+    pids = []
+    for key in ("safetensors|warm", "tensorizer|warm"):
+        cell = doc["samples"][key]
+        assert len(cell["loadbench"]) == len(cell["bare"]) == 3
+        for sample in cell["loadbench"] + cell["bare"]:
+            assert sample["weights_s"] > 0 and sample["total_s"] >= sample["weights_s"]
+            pids.append(sample["pid"])
+    assert len(set(pids)) == 12 and os.getpid() not in pids  # one load per process, 12 processes
+    rows = {r["library"]: r for r in doc["ratios"]}
+    assert set(rows) == {"safetensors", "tensorizer"}
+    for r in rows.values():
+        assert r["n"] == 3 and r["ratio"] > 0 and r["ci95"][0] <= r["ratio"] <= r["ci95"][1]
+        assert r["ci95_within_5pct"] == (0.95 <= r["ci95"][0] and r["ci95"][1] <= 1.05)
+    assert "safetensors      warm  n=3" in proc.stdout  # the summary at the end
+
+
+def test_fresh_interpreters_give_the_same_document(saved_model, tmp_path):
+    out = tmp_path / "fidelity.json"
+    proc = _fidelity(saved_model, out, "--samples", "2", "--start", "fresh", libraries="safetensors")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["start"] == "fresh" and "a new interpreter" in doc["rule"]
+    cell = doc["samples"]["safetensors|warm"]
+    assert len({s["pid"] for s in cell["loadbench"] + cell["bare"]}) == 4
+    assert doc["ratios"][0]["n"] == 2
+
+
+def test_a_sample_that_fails_says_which_side_and_why_and_the_run_goes_on(model_copy, tmp_path):
+    # A truncated shard: loadbench's pod finds no verified trial, the bare load_file raises; both
+    # are reported in one line each, with the child's own last words, and the other library runs.
+    shard = next(model_copy.glob("safetensors/*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    out = tmp_path / "fidelity.json"
+    proc = _fidelity(model_copy, out, "--samples", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "loadbench safetensors warm failed" in proc.stdout
+    assert "bare safetensors warm failed" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["samples"]["safetensors|warm"] == {"loadbench": [], "bare": []}
+    assert len(doc["samples"]["tensorizer|warm"]["bare"]) == 1
