@@ -171,7 +171,7 @@ def bare(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, 
     sync()
     end = time.perf_counter()
     return {"total_s": end - start, "skeleton_s": skeleton_at - start, "weights_s": end - skeleton_at,
-            "pid": os.getpid()}
+            "pid": os.getpid(), "ppid": os.getppid()}
 
 
 PHASES = ("total_s", "skeleton_s", "weights_s")
@@ -194,22 +194,33 @@ def _timed(doc: dict[str, Any]) -> dict[str, float] | None:
     return None
 
 
-def loadbench_side(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, float]:
+def _run(what: str, cmd: list[str], limit: float, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} failed: no result after {limit:.0f} s: killed") from None
+
+
+def loadbench_side(root: str, library: str, mode: str, device: str = "cuda", limit: float = 600.0
+                   ) -> dict[str, float]:
     """A fresh interpreter running deserialize_benchmark.py, as a pod does."""
     with tempfile.TemporaryDirectory(prefix="fidelity-res-") as res:
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "deserialize_benchmark.py")],
-                              env=_pod_env(root, library, mode, device, res), capture_output=True, text=True)
+        proc = _run(f"loadbench {library} {mode}",
+                    [sys.executable, os.path.join(ROOT, "deserialize_benchmark.py")], limit,
+                    _pod_env(root, library, mode, device, res))
     for line in proc.stdout.splitlines():
         if line.startswith(LOG_PREFIX):
             found = _timed(json.loads(line[len(LOG_PREFIX):]))
             if found:
-                return found
+                return {**found, "ppid": os.getpid()}  # its parent: this process
     raise RuntimeError(f"loadbench {library} {mode} failed: {proc.stderr.strip()[-300:]}")
 
 
-def bare_side(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, float]:
-    proc = subprocess.run([sys.executable, __file__, "--model-path", root, "--device", device,
-                           "--one", library, mode], capture_output=True, text=True)
+def bare_side(root: str, library: str, mode: str, device: str = "cuda", limit: float = 600.0
+              ) -> dict[str, float]:
+    proc = _run(f"bare {library} {mode}", [sys.executable, __file__, "--model-path", root, "--device",
+                                            device, "--one", library, mode], limit)
     if proc.returncode:
         raise RuntimeError(f"bare {library} {mode} failed: {proc.stderr.strip()[-300:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -236,16 +247,26 @@ def _child(side: str, args: tuple[str, ...], conn: Any, log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        conn.send(("ok", (loadbench_here if side == "loadbench" else bare)(*args)))
+        import torch
+        if torch.cuda._is_in_bad_fork():  # the server initialised CUDA: no child can use it
+            raise SystemExit("the fork server initialised CUDA before forking; run with --start fresh")
+        value = (loadbench_here if side == "loadbench" else bare)(*args)
+        conn.send(("ok", {**value, "ppid": os.getppid()}))
     except BaseException as e:  # the parent reports it, with the child's log
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         conn.close()
 
 
+def _nothing() -> None:
+    pass
+
+
 def preload(root: str) -> list[str]:
     """What the fork server imports once: torch, transformers, the model's modeling code and
-    loadbench's pod, and nothing that initialises a device or starts a thread."""
+    loadbench's pod, none of which initialises a device at import (tests/unit/test_fidelity_libs).
+    `import torch` leaves one native thread of its own in the server, as in any process that
+    forks after it (a DataLoader's workers)."""
     names = ["torch", "transformers", "loadbench.cli", "loadbench.models", "loadbench.measure.run"]
     try:
         with open(os.path.join(root, "config.json")) as f:
@@ -258,32 +279,50 @@ def preload(root: str) -> list[str]:
 
 
 class Forked:
-    """Samples as children of one fork server (multiprocessing's forkserver)."""
+    """Samples as children of one fork server (multiprocessing's forkserver), started here, so
+    its imports are in no sample's time nor in the deadline's estimate of a sample's length."""
 
     def __init__(self, root: str, device: str) -> None:
+        # The server is a new interpreter that takes this process's sys.path: it must find
+        # loadbench and this module (by name, when imported rather than run), or it skips a
+        # preload without a word and no child can unpickle its target.
+        for folder in (ROOT, os.path.dirname(os.path.abspath(__file__))):
+            if folder not in sys.path:
+                sys.path.append(folder)
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(preload(root))
         self.device = device
+        first = self.ctx.Process(target=_nothing)
+        first.start()
+        first.join()
 
-    def sample(self, side: str, root: str, library: str, mode: str) -> dict[str, float]:
+    def sample(self, side: str, root: str, library: str, mode: str, limit: float = 600.0
+               ) -> dict[str, float]:
+        """One sample; a child still running after `limit` seconds is killed and fails."""
         receive, send = self.ctx.Pipe(duplex=False)
         with tempfile.NamedTemporaryFile(prefix="fidelity-child-", suffix=".log") as log:
             proc = self.ctx.Process(target=_child, args=(side, (root, library, mode, self.device),
                                                          send, log.name))
             proc.start()
             send.close()
-            try:
-                status, value = receive.recv()
-            except EOFError:
-                status, value = "error", "the child died without a result"
-            proc.join()
-            if status != "ok" or proc.exitcode:
+            status, value = "error", f"no result after {limit:.0f} s: killed"
+            if receive.poll(limit):
+                try:
+                    status, value = receive.recv()
+                except EOFError:
+                    value = "the child died without a result"
+            proc.join(30 if status == "ok" else 0)
+            if proc.is_alive():  # hung, or still exiting 30 s after its result (a library's thread)
+                proc.kill()
+                proc.join()
+            receive.close()
+            if status != "ok":
                 with open(log.name, errors="replace") as f:
                     last = [line for line in f.read().splitlines() if line.strip()][-1:]
                 said = "".join(f"\n  {line.strip()[-300:]}" for line in last)
                 died = f" (exit {proc.exitcode})" if proc.exitcode else ""
                 raise RuntimeError(f"{side} {library} {mode} failed{died}: {value}{said}")
-        return dict(value)
+        return dict(value)  # a child that sent its result and then exited badly: the load stands
 
 
 def interval(a: list[float], b: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
@@ -353,8 +392,13 @@ def merge(paths: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def summary(samples: dict[str, Any]) -> None:
     for r in report(samples):
+        if r["ratio"] is None:  # a bare weights phase of zero: nothing to divide by
+            print(f"{r['library']:16} {r['mode']:5} n={r['n']}  no ratio", flush=True)
+            continue
         print(f"{r['library']:16} {r['mode']:5} n={r['n']}  weights loadbench/bare = {r['ratio']:.3f} "
-              f"(95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}); total {r['total_ratio']:.3f}", flush=True)
+              f"(95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}, inside +-5%: "
+              f"{'yes' if r['ci95_within_5pct'] else 'no'}); total {r.get('total_ratio', 0.0):.3f}",
+              flush=True)
 
 
 def main() -> int:
@@ -393,16 +437,16 @@ def main() -> int:
     how = ("a child of a fork server that imported torch, transformers and the modeling code once"
            if args.start == "forkserver" else "a new interpreter")
     meta = {"model_path": args.model_path, "it_backend": os.environ.get("IT_BACKEND"),
-            "start": args.start, "device": args.device,
+            "start": args.start, "device": args.device, "pid": os.getpid(),
             "rule": f"ratio = median(loadbench weights_s) / median(bare weights_s); each sample {how}, "
                     "loading once; interleaved ABBA; bootstrap 95% interval, 5000 resamples"}
     if args.start == "forkserver":
         forked = Forked(args.model_path, args.device)
-        sides = {"loadbench": lambda *a: forked.sample("loadbench", *a),
-                 "bare": lambda *a: forked.sample("bare", *a)}
+        sides = {"loadbench": lambda *a, limit: forked.sample("loadbench", *a, limit=limit),
+                 "bare": lambda *a, limit: forked.sample("bare", *a, limit=limit)}
     else:
-        sides = {"loadbench": lambda *a: loadbench_side(*a, device=args.device),
-                 "bare": lambda *a: bare_side(*a, device=args.device)}
+        sides = {"loadbench": lambda *a, limit: loadbench_side(*a, device=args.device, limit=limit),
+                 "bare": lambda *a, limit: bare_side(*a, device=args.device, limit=limit)}
     samples: dict[str, dict[str, list[dict[str, float]]]] = {}
     longest: dict[str, float] = {}  # the longest pair of each cell so far: what a sample may need
     for i in range(args.samples):  # round-robin: a deadline leaves every cell with equal samples
@@ -418,10 +462,14 @@ def main() -> int:
                     order.reverse()  # ABBA: neither side always goes first
                 t0 = time.monotonic()
                 for side, fn in order:
+                    # A hung sample is killed: at 3x the cell's longest pair so far (10 minutes
+                    # before the first), and never past the deadline by more than a minute.
+                    limit = max(60.0, min(end - time.monotonic(), 3 * longest.get(key, 200.0)))
                     try:
-                        cell[side].append(fn(args.model_path, lib, mode))
-                    except RuntimeError as e:
-                        print(e, flush=True)
+                        cell[side].append(fn(args.model_path, lib, mode, limit=limit))
+                    except (RuntimeError, EOFError, OSError) as e:  # OSError, EOFError: the server died
+                        print(f"{e}" if isinstance(e, RuntimeError) else f"{side} {lib} {mode} failed: "
+                              f"{type(e).__name__}: {e}", flush=True)
                 longest[key] = max(longest.get(key, 0.0), time.monotonic() - t0)
                 save(args.out, samples, meta)
                 print(f"{mode} {lib} sample {i + 1}: loadbench {cell['loadbench'][-1:]} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 import sys
 
 import pytest
@@ -60,3 +61,45 @@ def test_merge_refuses_the_same_cell_twice_and_other_files(tmp_path):
     other.write_text('{"schema": "loadbench.result/3", "samples": {}}')
     with pytest.raises(SystemExit, match="not a fidelity file"):
         mod.merge([str(other)])
+
+
+def test_an_interval_inside_five_percent_is_said_so_and_a_wide_one_is_not():
+    mod = fidelity()
+    tight = [{"total_s": 1.0 + i / 1000, "skeleton_s": 0.0, "weights_s": 1.0 + i / 1000} for i in range(30)]
+    wide = [{"total_s": 1.0 + i / 10, "skeleton_s": 0.0, "weights_s": 1.0 + i / 10} for i in range(7)]
+    rows = {r["library"]: r for r in mod.report({
+        "tensorizer|warm": {"loadbench": tight, "bare": list(reversed(tight))},
+        "safetensors|warm": {"loadbench": wide, "bare": wide[1:] + wide[:1]}})}
+    assert rows["tensorizer"]["ci95_within_5pct"] and rows["tensorizer"]["within_3pct"]
+    assert rows["tensorizer"]["n"] == 30 and rows["tensorizer"]["ratio"] == 1.0
+    assert not rows["safetensors"]["ci95_within_5pct"] and rows["safetensors"]["within_3pct"]
+
+
+def test_the_fork_server_imports_nothing_that_touches_cuda(tmp_path):
+    """A CUDA call in the server (even torch.cuda.is_available, which is not fork-safe) would leave
+    every forked sample unable to use the GPU: the preload list calls none at import."""
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    probe = f"""
+import importlib, json, sys
+import torch, torch.cuda as tc
+calls = []
+for name in dir(tc):
+    obj = getattr(tc, name)
+    if callable(obj) and not isinstance(obj, type) and not name.startswith("__"):
+        def wrap(*a, _o=obj, _n=name, **k):
+            calls.append(_n)
+            return _o(*a, **k)
+        setattr(tc, name, wrap)
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+import fidelity
+names = fidelity.preload({str(tmp_path)!r})
+for m in names:
+    importlib.import_module(m)
+print(json.dumps([names, sorted(set(calls))]))
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    names, calls = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "transformers.models.llama.modeling_llama" in names and "loadbench.measure.run" in names
+    assert set(calls) <= {"_is_compiled"}, calls  # whether torch was built with CUDA: no device call
