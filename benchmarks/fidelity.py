@@ -158,6 +158,7 @@ def bare(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, 
 
     start = time.perf_counter()
     skeleton_at = start
+    model: Any
     if BARE[library] is None:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=target,
                                                      use_safetensors=library == "huggingface")
@@ -187,7 +188,7 @@ def _pod_env(root: str, library: str, mode: str, device: str, res: str) -> dict[
     return env
 
 
-def _timed(doc: dict[str, Any]) -> dict[str, float] | None:
+def _timed(doc: dict[str, Any]) -> dict[str, Any] | None:
     if doc.get("trials") and doc["trials"][0]["status"] == "ok":
         t = doc["trials"][0]
         return {**{k: t[k] or 0.0 for k in PHASES}, "pid": (doc.get("identity") or {}).get("pid")}
@@ -297,7 +298,7 @@ class Forked:
         first.join()
 
     def sample(self, side: str, root: str, library: str, mode: str, limit: float = 600.0
-               ) -> dict[str, float]:
+               ) -> dict[str, Any]:
         """One sample; a child still running after `limit` seconds is killed and fails."""
         receive, send = self.ctx.Pipe(duplex=False)
         with tempfile.NamedTemporaryFile(prefix="fidelity-child-", suffix=".log") as log:
@@ -305,7 +306,8 @@ class Forked:
                                                          send, log.name))
             proc.start()
             send.close()
-            status, value = "error", f"no result after {limit:.0f} s: killed"
+            status: str = "error"
+            value: Any = f"no result after {limit:.0f} s: killed"
             if receive.poll(limit):
                 try:
                     status, value = receive.recv()
@@ -428,7 +430,8 @@ def main() -> int:
     if not args.model_path:
         ap.error("--model-path is required (or --merge FILE ...)")
     if args.one:
-        print(json.dumps(bare(args.model_path, *args.one, device=args.device)))
+        library, mode = args.one
+        print(json.dumps(bare(args.model_path, library, mode, device=args.device)))
         return 0
     unknown = set(args.libraries.split(",")) - set(LIBS)
     if unknown:
@@ -440,13 +443,12 @@ def main() -> int:
             "start": args.start, "device": args.device, "pid": os.getpid(),
             "rule": f"ratio = median(loadbench weights_s) / median(bare weights_s); each sample {how}, "
                     "loading once; interleaved ABBA; bootstrap 95% interval, 5000 resamples"}
-    if args.start == "forkserver":
-        forked = Forked(args.model_path, args.device)
-        sides = {"loadbench": lambda *a, limit: forked.sample("loadbench", *a, limit=limit),
-                 "bare": lambda *a, limit: forked.sample("bare", *a, limit=limit)}
-    else:
-        sides = {"loadbench": lambda *a, limit: loadbench_side(*a, device=args.device, limit=limit),
-                 "bare": lambda *a, limit: bare_side(*a, device=args.device, limit=limit)}
+    forked = Forked(args.model_path, args.device) if args.start == "forkserver" else None
+
+    def sample(side: str, root: str, library: str, mode: str, limit: float) -> dict[str, Any]:
+        if forked is not None:
+            return forked.sample(side, root, library, mode, limit)
+        return (loadbench_side if side == "loadbench" else bare_side)(root, library, mode, args.device, limit)
     samples: dict[str, dict[str, list[dict[str, float]]]] = {}
     longest: dict[str, float] = {}  # the longest pair of each cell so far: what a sample may need
     for i in range(args.samples):  # round-robin: a deadline leaves every cell with equal samples
@@ -457,16 +459,16 @@ def main() -> int:
                     print(f"deadline: {key} sample {i + 1} not started", flush=True)
                     continue
                 cell = samples.setdefault(key, {"loadbench": [], "bare": []})
-                order = list(sides.items())
+                order = ["loadbench", "bare"]
                 if i % 2:
                     order.reverse()  # ABBA: neither side always goes first
                 t0 = time.monotonic()
-                for side, fn in order:
+                for side in order:
                     # A hung sample is killed: at 3x the cell's longest pair so far (10 minutes
                     # before the first), and never past the deadline by more than a minute.
                     limit = max(60.0, min(end - time.monotonic(), 3 * longest.get(key, 200.0)))
                     try:
-                        cell[side].append(fn(args.model_path, lib, mode, limit=limit))
+                        cell[side].append(sample(side, args.model_path, lib, mode, limit))
                     except (RuntimeError, EOFError, OSError) as e:  # OSError, EOFError: the server died
                         print(f"{e}" if isinstance(e, RuntimeError) else f"{side} {lib} {mode} failed: "
                               f"{type(e).__name__}: {e}", flush=True)
