@@ -10,7 +10,9 @@
 #           runs only what each configuration lacks up to ROUNDS (cold at most COLD_MAX, 3).
 #           Round 1 generates tokens
 #           (time to first token, tokens/s); ceilings are measured once per node (CEILINGS=reuse)
-# fidelity  benchmarks/fidelity.py, loadbench vs bare calls interleaved, FID_MODES (warm)
+# fidelity  benchmarks/fidelity.py, loadbench vs bare calls interleaved, ROUNDS samples a side of
+#           FID_LIBS in FID_MODES (warm), each sample a child of one fork server (FID_START=fresh:
+#           a new interpreter each, 5-7 s more per sample); $OUT/$MODEL-fidelity.json
 # smoke     every configuration once on random/llama-tiny, warm, with inference
 # imports   what a pod pays before its load: `import torch`, then the model's modeling imports,
 #           2 fresh processes each (the first may compile bytecode), and one `-X importtime` profile (imports.txt, importtime.txt)
@@ -544,7 +546,7 @@ for spec in "$@"; do
       [ "$phase" = cold ] && [ "$rounds" -gt "${COLD_MAX:-3}" ] && rounds=${COLD_MAX:-3}
       trials "$phase" "$rounds" ;;
     fidelity) LIBS='' LABELS='' save || { rc=1; break; }; IT_BACKEND=URING_BUFFERED python3 benchmarks/fidelity.py --model-path "$MODEL_PATH" --samples "$rounds" \
-                --modes "${FID_MODES:-warm}" --libraries "$FID_LIBS" \
+                --modes "${FID_MODES:-warm}" --libraries "$FID_LIBS" --device "${DEVICE:-cuda}" --start "${FID_START:-forkserver}" \
                 --out "$OUT/${MODEL}-fidelity.json" --deadline $((DEADLINE - SECONDS)) ;;
     imports)
       imp="import torch; from loadbench import models; models.skeleton(models.config_for('$MODEL_ID'), torch.bfloat16)"

@@ -201,3 +201,14 @@ def test_a_second_call_runs_only_what_each_configuration_lacks(tmp_path: Path) -
     assert all(d["status"] == "ok" for d in docs)
     trials = [t for d in docs if d["library"] == "reference" for t in d["trials"]]
     assert {t["library_info"]["threads"] for t in trials} == {2}
+
+
+def test_the_fidelity_phase_writes_its_file_with_every_sample_forked(tmp_path: Path) -> None:
+    proc = _gpu_run(tmp_path, ["fidelity:2"], timeout=400, FID_LIBS="safetensors,tensorizer")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "llama-tiny-fidelity.json").read_text())
+    assert doc["start"] == "forkserver" and doc["device"] == "cpu"
+    assert {r["library"]: r["n"] for r in doc["ratios"]} == {"safetensors": 2, "tensorizer": 2}
+    parents = {s["ppid"] for cell in doc["samples"].values() for side in cell.values() for s in side}
+    assert len(parents) == 1 and doc["pid"] not in parents  # one fork server served them all
+    assert "inside +-5%" in (tmp_path / "out" / "run.log").read_text()  # the summary, in the call's log
