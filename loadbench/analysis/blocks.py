@@ -235,7 +235,18 @@ def _overhead(df: pd.DataFrame, phases: dict[str, str]) -> list[Block]:
                          f"pod(s)."))
         header, rows = o.table()
         out.append(("table", header, rows))
+        if o.packages:
+            order = [*o.phases.values(), *sorted(set(o.packages) - set(o.phases.values()))]
+            shown = "; ".join(f"{phase}: {_some(o.packages[phase])}" for phase in order
+                              if phase in o.packages)
+            out.append(("p", f"What the imports were (the third-party packages each phase imported "
+                             f"first, in at least half of the pods): {shown}."))
     return out
+
+
+def _some(names: list[str], most: int = 40) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _md_cell(text: str) -> str:

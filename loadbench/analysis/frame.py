@@ -116,8 +116,10 @@ COLUMNS = (
     "pod_started_at", "pod_total_s",
 )
 # `ranks`: a TP trial's ranks as (rank, bytes, storage_read_bytes, cache_read_bytes) dicts.
-LATER_COLUMNS = (*LATER_TRIAL, "tp_size", "ranks")
+# `pod_packages`: (phase, package) pairs, the third-party packages each pod phase imported first.
+LATER_COLUMNS = (*LATER_TRIAL, "tp_size", "ranks", "pod_packages")
 RANK_NUMBERS = ("bytes", "storage_read_bytes", "cache_read_bytes", "total_s")
+PACKAGE = re.compile(r"[A-Za-z0-9._-]{1,100}")  # a package name a document may give; others are dropped
 CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable", "s3_get")
 NUMERIC = ("model_bytes", "params", "load_first_token_s", "mismatches", "pod_total_s") + tuple(
     k for k, kind in PLAIN_TRIAL.items() if kind == "number") + tuple(
@@ -274,12 +276,17 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     for name in CEILING_NAMES:
         out[f"ceiling_{name}_gbps"] = _num(_dict(ceilings.get(name)).get("gbps"))
     phases: dict[str, float] = {}
+    packages: set[tuple[str, str]] = set()
     for p in _list(pod.get("phases")):
         p = _dict(p)
         seconds = _num(p.get("seconds"))
         if isinstance(p.get("name"), str) and not math.isnan(seconds):
             phases[p["name"]] = phases.get(p["name"], 0.0) + seconds
+            phase = _text(p["name"], 64)
+            packages.update((phase, n) for n in _list(p.get("packages"))[:2000]
+                            if phase and isinstance(n, str) and PACKAGE.fullmatch(n))
     out["_phases"] = phases
+    out["pod_packages"] = tuple(sorted(packages))
     return out
 
 

@@ -46,6 +46,8 @@ class Overhead:
     device: str
     pods: pd.DataFrame                      # one row per pod
     phases: dict[str, str] = field(default_factory=dict)   # column -> phase name, in pod order
+    # phase -> the packages it imported first in at least half of the pods, when documents say
+    packages: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def outside_s(self) -> float | None:
@@ -106,8 +108,27 @@ def pod_overhead(df: pd.DataFrame, phases: dict[str, str]) -> list[Overhead]:
     states = verified.first().where(verified.nunique() <= 1, "mixed")
     pods["state"] = states.reindex(pods.index)
     pods = pods[pods["state"].notna()]      # a pod that verified no load is in the errors, not here
+    if "pod_packages" in timed:
+        pairs = docs["pod_packages"].agg(lambda col: frozenset(p for t in col if t for p in t))
+        pods["packages"] = pairs.reindex(pods.index)
+    else:
+        pods["packages"] = [frozenset()] * len(pods)
     out = []
     for (model, device), part in pods.groupby(["model", "device"], sort=True):
         present = {c: phases[c] for c in cols if part[c].fillna(0).gt(0).any()}
-        out.append(Overhead(str(model), str(device), part.reset_index(drop=True), present))
+        out.append(Overhead(str(model), str(device), part.reset_index(drop=True), present,
+                            _common(part["packages"])))
+    return out
+
+
+def _common(pairs: pd.Series) -> dict[str, list[str]]:
+    """phase -> the packages that phase imported first in at least half of the pods."""
+    counts: dict[tuple[str, str], int] = {}
+    for one in pairs:
+        for pair in one if isinstance(one, frozenset) else ():
+            counts[pair] = counts.get(pair, 0) + 1
+    out: dict[str, list[str]] = {}
+    for (phase, package), n in sorted(counts.items()):
+        if 2 * n >= len(pairs):
+            out.setdefault(phase, []).append(package)
     return out

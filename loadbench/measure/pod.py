@@ -9,6 +9,7 @@ pod's phases are written once.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,19 +47,45 @@ class Finished(BaseException):
         self.doc, self.code = doc, code
 
 
+_SEEN: set[str] = set()  # the third-party packages this process had imported at the last look
+
+
+def new_packages() -> list[str]:
+    """The third-party packages (top-level names, no standard library, no private modules)
+    imported since the last call: what a pod's phase spent its imports on. The first call
+    returns every one imported so far."""
+    stdlib = sys.stdlib_module_names
+    modules = dict(sys.modules)
+    now = {name.partition(".")[0] for name in modules}
+    # A module with no spec was made, not imported (Cython's cython_runtime, __main__).
+    fresh = sorted(n for n in now - _SEEN if n not in stdlib and not n.startswith("_")
+                   and getattr(modules.get(n), "__spec__", None) is not None)
+    _SEEN.update(now)
+    return fresh
+
+
+def phase(name: str, seconds: float) -> dict[str, Any]:
+    """A phase of the pod's time, with the packages it imported first, if any."""
+    out: dict[str, Any] = {"name": name, "seconds": seconds}
+    packages = new_packages()
+    if packages:
+        out["packages"] = packages
+    return out
+
+
 class PodClock:
     """The pod's phases since the process started, shared by its documents."""
 
     def __init__(self) -> None:
         self.started = machine.process_started_at()
         self.phases: list[dict[str, Any]] = [
-            {"name": "startup and imports", "seconds": max(0.0, time.time() - self.started)}]
+            phase("startup and imports", max(0.0, time.time() - self.started))]
         self._t = time.perf_counter()
 
     def phase(self, name: str) -> None:
         """Close the phase that ran since the last call, under `name`."""
         t = time.perf_counter()
-        self.phases.append({"name": name, "seconds": t - self._t})
+        self.phases.append(phase(name, t - self._t))
         self._t = t
 
     def record(self, own: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,7 +141,7 @@ def node_ceilings(cfg: config.Settings, paths: list[str], device: torch.device, 
                                                log, ttl_s=cfg.ceilings_ttl_s,
                                                fresh=cfg.ceilings == "fresh")
         state.ceilings_s = time.perf_counter() - before
-        own.append({"name": "ceilings", "seconds": state.ceilings_s})
+        own.append(phase("ceilings", state.ceilings_s))
     return None if state.ceilings is None else dict(state.ceilings)
 
 

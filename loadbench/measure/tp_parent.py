@@ -21,7 +21,7 @@ from loadbench import config, loaders
 from loadbench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, CheckpointError, ConfigError
 from loadbench.measure import trial
 from loadbench.measure.document import now, where
-from loadbench.measure.pod import PodState, failure, log
+from loadbench.measure.pod import PodState, failure, log, phase
 from loadbench.measure.tp_launch import (
     STARTUP_TIMEOUT_S,
     Multinode,
@@ -79,7 +79,7 @@ def rank_pool(state: PodState, world: int, device: torch.device, timeout: float,
              else f"TP_SIZE={world}: {world} ranks")
     log(f"{where} up in {time.perf_counter() - start:.1f} s (pids "
         f"{', '.join(str(p.pid) for p in pool.group.procs)})")
-    own.append({"name": "rank startup", "seconds": time.perf_counter() - start})
+    own.append(phase("rank startup", time.perf_counter() - start))
     return pool
 
 

@@ -30,6 +30,7 @@ from loadbench.measure.pod import (
     log,
     new_document,
     node_ceilings,
+    phase,
     require_library,
     terminated,
     trials_failed,
@@ -78,7 +79,7 @@ def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: conf
         """Close a named part of the preparation: a pod's time outside its loads, itemised."""
         nonlocal t
         now_t = time.perf_counter()
-        own.append({"name": name, "seconds": now_t - t})
+        own.append(phase(name, now_t - t))
         t = now_t
 
     try:
@@ -163,7 +164,7 @@ class SingleProcess:
         if not self.state.warmed:
             t0 = time.perf_counter()
             models.skeleton(LoadContext(ckpt, self.device, self.dtype, options).config, self.dtype)
-            own.append({"name": "modeling imports", "seconds": time.perf_counter() - t0})
+            own.append(phase("modeling imports", time.perf_counter() - t0))
             self.state.warmed = True
             gc.freeze()  # what the imports made is permanent: no collection walks it inside a load
             gc.enable()  # off since the pod started (cli.bench_main): the imports are done

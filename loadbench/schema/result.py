@@ -45,6 +45,8 @@ Version history (as pyperf keeps one):
   never a secret) when MODEL_URI was set.
   Readers of v1/v2 documents take a trial's position in its document as its
   index in the process.
+  Pod phases may name the third-party ``packages`` they imported first (an
+  optional field; documents without it stay valid).
 """
 
 from __future__ import annotations
@@ -335,6 +337,9 @@ class SettingsRecord(Model):
 class Phase(Model):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     seconds: Seconds
+    # The third-party packages (top-level names) this phase imported first: what the time was
+    # spent on, e.g. torchvision pulled in by transformers' modeling code.
+    packages: Optional[Annotated[list[Slug], Field(max_length=2000)]] = None
 
 
 class Pod(Model):

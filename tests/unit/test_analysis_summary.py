@@ -254,6 +254,28 @@ def test_pod_overhead_counts_each_pod_once_and_subtracts_every_timed_load():
     assert "## Pod overhead" in md and "Median outside the timed loads: 6.500 s over 2 pod(s)." in md
 
 
+def test_pod_overhead_names_what_each_phase_imported_in_most_pods_and_drops_hostile_names():
+    docs = [make_doc(totals=(1.0,), pod=f"pod-{i}") for i in range(3)]
+    for i, doc in enumerate(docs):
+        doc["pod"]["phases"][0]["packages"] = ["numpy", "torch"]
+        doc["pod"]["phases"].append({"name": "modeling imports", "seconds": 2.0,
+                                     "packages": ["transformers"] + (["torchvision"] if i else [])
+                                     + (["scipy", "<script>", "a b", 7] if i == 2 else [])})
+    df = fr.frame(docs)
+    (o,) = report.pod_overhead(df, df.attrs["phases"])
+    # torchvision in 2 pods of 3 is named, scipy in 1 is not, the hostile names never
+    assert o.packages == {"startup and imports": ["numpy", "torch"],
+                          "modeling imports": ["torchvision", "transformers"]}
+    md = report.markdown(report.blocks(report.build(df), [], phases=df.attrs["phases"], df=df))
+    assert ("in at least half of the pods): startup and imports: numpy, torch; modeling imports: "
+            "torchvision, transformers.") in md
+    assert "<script>" not in md and "scipy" not in md
+    # Documents that name no packages (every published one before this field) add no line.
+    plain = fr.frame([make_doc(totals=(1.0,), pod="pod-x")])
+    assert "What the imports were" not in report.markdown(
+        report.blocks(report.build(plain), [], phases=plain.attrs["phases"], df=plain))
+
+
 def _tp_doc(library: str, size: int, total: float, pod: str, read: float, share: float,
             mode: str = "warm") -> dict:
     doc = make_doc(library, (total,), pod=pod, mode=mode, settings={"TP_SIZE": size}, nbytes=2 * GB)
