@@ -21,3 +21,13 @@ def usable(cgroup: str = "/sys/fs/cgroup/cpu.max") -> int:
     except (OSError, ValueError):
         pass
     return max(1, cpus)
+
+
+def parse_list(text: str) -> set[int]:
+    """The kernel's list format ("0-3,8,10-11", as in /sys/devices/system/node/has_cpu)."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            first, _, last = part.partition("-")
+            out.update(range(int(first), int(last or first) + 1))
+    return out

@@ -235,10 +235,9 @@ def _overhead(df: pd.DataFrame, phases: dict[str, str]) -> list[Block]:
                          f"pod(s)."))
         header, rows = o.table()
         out.append(("table", header, rows))
-        if o.packages:
-            order = [*o.phases.values(), *sorted(set(o.packages) - set(o.phases.values()))]
-            shown = "; ".join(f"{phase}: {_some(o.packages[phase])}" for phase in order
-                              if phase in o.packages)
+        shown = "; ".join(f"{name}: {_some(o.packages[col])}" for col, name in o.phases.items()
+                          if col in o.packages)
+        if shown:
             out.append(("p", f"What the imports were (the third-party packages each phase imported "
                              f"first, in at least half of the pods): {shown}."))
     return out

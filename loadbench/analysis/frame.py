@@ -120,6 +120,7 @@ COLUMNS = (
 LATER_COLUMNS = (*LATER_TRIAL, "tp_size", "ranks", "pod_packages")
 RANK_NUMBERS = ("bytes", "storage_read_bytes", "cache_read_bytes", "total_s")
 PACKAGE = re.compile(r"[A-Za-z0-9._-]{1,100}")  # a package name a document may give; others are dropped
+MAX_PACKAGES = 500  # per phase of a document: a pod imports a few dozen
 CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable", "s3_get")
 NUMERIC = ("model_bytes", "params", "load_first_token_s", "mismatches", "pod_total_s") + tuple(
     k for k, kind in PLAIN_TRIAL.items() if kind == "number") + tuple(
@@ -276,15 +277,16 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
     for name in CEILING_NAMES:
         out[f"ceiling_{name}_gbps"] = _num(_dict(ceilings.get(name)).get("gbps"))
     phases: dict[str, float] = {}
-    packages: set[tuple[str, str]] = set()
+    packages: set[tuple[str, str]] = set()  # (phase column, package), bounded per document
     for p in _list(pod.get("phases")):
         p = _dict(p)
         seconds = _num(p.get("seconds"))
         if isinstance(p.get("name"), str) and not math.isnan(seconds):
             phases[p["name"]] = phases.get(p["name"], 0.0) + seconds
-            phase = _text(p["name"], 64)
-            packages.update((phase, n) for n in _list(p.get("packages"))[:2000]
-                            if phase and isinstance(n, str) and PACKAGE.fullmatch(n))
+            if len(phases) <= MAX_PHASES:
+                col = _phase_column(p["name"])
+                packages.update((col, n) for n in _list(p.get("packages"))[:MAX_PACKAGES]
+                                if isinstance(n, str) and PACKAGE.fullmatch(n))
     out["_phases"] = phases
     out["pod_packages"] = tuple(sorted(packages))
     return out
@@ -360,6 +362,7 @@ def frame(docs: Iterable[dict[str, Any]], progress: Callable[[int], None] | None
         phase_cols.setdefault(_phase_column(name), []).append(name)
     for r in records:
         phases = r.pop("_phases")
+        r["pod_packages"] = tuple(p for p in r["pod_packages"] if p[0] in phase_cols)
         for col, names in phase_cols.items():
             r[col] = sum(phases.get(n, 0.0) for n in names) if phases else math.nan
         if len(phase_names) > MAX_PHASES:

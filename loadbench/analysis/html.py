@@ -139,8 +139,9 @@ def metadata(docs: list[dict[str, Any]], command: str) -> list[tuple[str, list[l
                ["compute capability", _distinct(_get(d, "device", "capability") for d in ok)],
                ["device memory", _distinct(_bytes(_get(d, "device", "memory_bytes")) for d in ok)],
                ["platform", _distinct(_get(d, "machine", "platform") for d in ok)],
-               ["CPU model", _distinct(_get(d, "machine", "cpu_model") for d in ok)],
-               ["NUMA nodes", _distinct(_get(d, "machine", "numa_nodes") for d in ok)],
+               ["CPU model", _distinct(v[:200] for d in ok
+                                       if isinstance(v := _get(d, "machine", "cpu_model"), str))],
+               ["NUMA nodes", _distinct(v for d in ok if type(v := _get(d, "machine", "numa_nodes")) is int)],
                ["CPUs", _distinct(_get(d, "machine", "cpu_count") for d in ok)],
                ["host memory", _distinct(_bytes(_get(d, "machine", "memory_bytes")) for d in ok)],
                ["model", _distinct(

@@ -46,7 +46,7 @@ class Overhead:
     device: str
     pods: pd.DataFrame                      # one row per pod
     phases: dict[str, str] = field(default_factory=dict)   # column -> phase name, in pod order
-    # phase -> the packages it imported first in at least half of the pods, when documents say
+    # phase column -> the packages it imported first in at least half of the pods, where told
     packages: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -122,7 +122,7 @@ def pod_overhead(df: pd.DataFrame, phases: dict[str, str]) -> list[Overhead]:
 
 
 def _common(pairs: pd.Series) -> dict[str, list[str]]:
-    """phase -> the packages that phase imported first in at least half of the pods."""
+    """phase column -> the packages that phase imported first in at least half of the pods."""
     counts: dict[tuple[str, str], int] = {}
     for one in pairs:
         for pair in one if isinstance(one, frozenset) else ():

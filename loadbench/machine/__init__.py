@@ -96,18 +96,31 @@ def identity(ident: Mapping[str, Any]) -> dict[str, Any]:
 
 def _cpu_model() -> str | None:
     """The CPU's name: two machines of one kind can differ in it, and then in every phase that
-    runs on the CPU (imports, page-cache copies), so runs that should not be mixed can be told."""
+    runs on the CPU (imports, page-cache copies), so runs that should not be mixed can be told.
+    x86 names it ("model name"); ARM gives its implementer and part numbers instead."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() or None
+                key, sep, value = line.partition(":")
+                if sep and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or None
+    name = fields.get("model name")
+    if not name and fields.get("CPU implementer"):
+        name = f"ARM implementer {fields['CPU implementer']} part {fields.get('CPU part', '?')}"
+    name = name or platform.processor()
+    return name[:200] if name else None
 
 
 def _numa_nodes() -> int | None:
+    """NUMA nodes with CPUs (memory-only nodes, as GPU memory on a GH200, are not counted)."""
+    try:
+        with open("/sys/devices/system/node/has_cpu") as f:
+            return len(cpus.parse_list(f.read())) or None
+    except (OSError, ValueError):
+        pass
     try:
         return sum(1 for name in os.listdir("/sys/devices/system/node")
                    if name.startswith("node") and name[4:].isdigit()) or None

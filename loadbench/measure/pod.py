@@ -8,6 +8,7 @@ pod's phases are written once.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -57,11 +58,23 @@ def new_packages() -> list[str]:
     stdlib = sys.stdlib_module_names
     modules = dict(sys.modules)
     now = {name.partition(".")[0] for name in modules}
-    # A module with no spec was made, not imported (Cython's cython_runtime, __main__).
     fresh = sorted(n for n in now - _SEEN if n not in stdlib and not n.startswith("_")
-                   and getattr(modules.get(n), "__spec__", None) is not None)
+                   and _imported(modules.get(n)) and PACKAGE.fullmatch(n))
     _SEEN.update(now)
-    return fresh
+    return fresh[:MAX_PACKAGES]  # within the schema's limits, or the document would be invalid
+
+
+PACKAGE = re.compile(r"[A-Za-z0-9._-]{1,100}")  # the schema's Slug
+MAX_PACKAGES = 2000
+
+
+def _imported(module: Any) -> bool:
+    """A module with no spec was made, not imported (Cython's cython_runtime, __main__). Read
+    from its __dict__: a lazily loaded module would be loaded by getattr."""
+    try:
+        return object.__getattribute__(module, "__dict__").get("__spec__") is not None
+    except Exception:
+        return False
 
 
 def phase(name: str, seconds: float) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from loadbench.measure.pod import (
     failure,
     log,
     new_document,
+    new_packages,
     node_ceilings,
     phase,
     require_library,
@@ -72,6 +73,7 @@ def run_variant(strategy: Strategy, lib: str, options: dict[str, Any], cfg: conf
     """One document for one library variant, and its exit code."""
     doc = doc if doc is not None else new_document(lib, options, cfg, device)
     label, spec = doc["label"], loaders.get(lib)
+    new_packages()  # imports of a variant that failed before naming them are nobody's phase here
     own: list[dict[str, Any]] = []
     t = time.perf_counter()
     done, code, stage = 0, EXIT_OK, "prepare"
@@ -162,6 +164,7 @@ class SingleProcess:
         # Import the architecture's modeling code once per pod, untimed: the first
         # library would otherwise pay for every library's imports.
         if not self.state.warmed:
+            new_packages()  # what source.remote imported is not the modeling code's
             t0 = time.perf_counter()
             models.skeleton(LoadContext(ckpt, self.device, self.dtype, options).config, self.dtype)
             own.append(phase("modeling imports", time.perf_counter() - t0))

@@ -51,6 +51,17 @@ def test_every_cpu_library_cold_load_verified_and_agree(saved_model, tmp_path):
     assert sorted(d["library"] for d in docs) == sorted(CPU)
     assert [d["library"] for d in result_lines(proc.stdout)] == CPU  # echoed as log lines (a pipe)
     outputs = set()
+    # One pod: its phases name what they imported, each package once over the whole pod
+    # (startup: torch, loadbench; the first library's modeling imports: transformers).
+    named: dict[str, list[str]] = {}
+    for doc in docs:
+        for p in doc["pod"]["phases"]:
+            if p.get("packages") and p["name"] != "startup and imports":
+                named.setdefault(p["name"], []).extend(p["packages"])
+    startup = docs[0]["pod"]["phases"][0]["packages"]
+    assert {"torch", "loadbench"} <= set(startup) and "transformers" in named["modeling imports"]
+    everything = startup + [n for names in named.values() for n in names]
+    assert len(everything) == len(set(everything))
     for doc in docs:
         assert doc["status"] == "ok" and doc["schema"] == SCHEMA and doc["io_mode"]
         phases = [p["name"] for p in doc["pod"]["phases"]]

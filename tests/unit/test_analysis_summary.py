@@ -214,6 +214,10 @@ def test_metadata_tells_two_cpu_models_apart():
     meta = dict(page.metadata(docs, "plot_results.py r"))
     assert ["CPU model", "Xeon A (2), EPYC B (1)"] in meta["Machine"]
     assert ["NUMA nodes", "2"] in meta["Machine"]
+    # Untrusted: a CPU model that is not a string, a NUMA count that is not a number, are left out
+    docs[2]["machine"] = {"cpu_model": {"x": 1}, "numa_nodes": "two"}
+    meta = dict(page.metadata(docs, "plot_results.py r"))
+    assert ["CPU model", "Xeon A"] in meta["Machine"] and ["NUMA nodes", "2"] in meta["Machine"]
 
 
 def test_empty_and_odd_frames_build_nothing_without_error():
@@ -261,11 +265,17 @@ def test_pod_overhead_names_what_each_phase_imported_in_most_pods_and_drops_host
         doc["pod"]["phases"].append({"name": "modeling imports", "seconds": 2.0,
                                      "packages": ["transformers"] + (["torchvision"] if i else [])
                                      + (["scipy", "<script>", "a b", 7] if i == 2 else [])})
+    # A hostile pod: 40 phases of 600 names each; only the phases the report keeps count, and
+    # a bounded number of names of each.
+    many = [f"p{j}" for j in range(600)]
+    docs[0]["pod"]["phases"] += [{"name": f"<b>{i}", "seconds": 0.1, "packages": many} for i in range(40)]
     df = fr.frame(docs)
+    assert max(len(t) for t in df["pod_packages"]) <= 2 + 1 + fr.MAX_PHASES * fr.MAX_PACKAGES
+    assert {c for t in df["pod_packages"] for c, _ in t} <= set(df.attrs["phases"])
     (o,) = report.pod_overhead(df, df.attrs["phases"])
     # torchvision in 2 pods of 3 is named, scipy in 1 is not, the hostile names never
-    assert o.packages == {"startup and imports": ["numpy", "torch"],
-                          "modeling imports": ["torchvision", "transformers"]}
+    assert o.packages == {"pod_startup_and_imports_s": ["numpy", "torch"],
+                          "pod_modeling_imports_s": ["torchvision", "transformers"]}
     md = report.markdown(report.blocks(report.build(df), [], phases=df.attrs["phases"], df=df))
     assert ("in at least half of the pods): startup and imports: numpy, torch; modeling imports: "
             "torchvision, transformers.") in md
