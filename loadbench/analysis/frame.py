@@ -40,7 +40,7 @@ import pandas as pd
 
 from loadbench import loaders
 from loadbench.config.settings import model_slug
-from loadbench.schema.result import TRIAL_KEYS, Trial
+from loadbench.schema.result import PACKAGE, TRIAL_KEYS, Trial
 
 COLD_BELOW = 0.05     # resident fraction under which a load counts as cold
 WARM_ABOVE = 0.95     # ... and over which it counts as warm; between: "partial"
@@ -119,8 +119,7 @@ COLUMNS = (
 # `pod_packages`: (phase, package) pairs, the third-party packages each pod phase imported first.
 LATER_COLUMNS = (*LATER_TRIAL, "tp_size", "ranks", "pod_packages")
 RANK_NUMBERS = ("bytes", "storage_read_bytes", "cache_read_bytes", "total_s")
-PACKAGE = re.compile(r"[A-Za-z0-9._-]{1,100}")  # a package name a document may give; others are dropped
-MAX_PACKAGES = 500  # per phase of a document: a pod imports a few dozen
+MAX_PACKAGES_READ = 500  # package names read per phase of a document: a pod imports a few dozen
 CEILING_NAMES = ("storage_read", "page_cache_read", "h2d_pinned", "h2d_pageable", "s3_get")
 NUMERIC = ("model_bytes", "params", "load_first_token_s", "mismatches", "pod_total_s") + tuple(
     k for k, kind in PLAIN_TRIAL.items() if kind == "number") + tuple(
@@ -285,7 +284,7 @@ def _doc_fields(doc: dict[str, Any]) -> dict[str, Any]:
             phases[p["name"]] = phases.get(p["name"], 0.0) + seconds
             if len(phases) <= MAX_PHASES:
                 col = _phase_column(p["name"])
-                packages.update((col, n) for n in _list(p.get("packages"))[:MAX_PACKAGES]
+                packages.update((col, n) for n in _list(p.get("packages"))[:MAX_PACKAGES_READ]
                                 if isinstance(n, str) and PACKAGE.fullmatch(n))
     out["_phases"] = phases
     out["pod_packages"] = tuple(sorted(packages))

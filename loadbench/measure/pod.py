@@ -8,7 +8,6 @@ pod's phases are written once.
 
 from __future__ import annotations
 
-import re
 import signal
 import sys
 import time
@@ -22,6 +21,7 @@ from loadbench import config, loaders, machine
 from loadbench.errors import BadInput, NeedsCUDA, Transient, exit_code, one_line
 from loadbench.measure import document
 from loadbench.measure.document import fail, now
+from loadbench.schema.result import MAX_PACKAGES, PACKAGE
 from loadbench.storage import ceilings
 from loadbench.terminal import logger
 
@@ -63,9 +63,6 @@ def new_packages() -> list[str]:
     _SEEN.update(now)
     return fresh[:MAX_PACKAGES]  # within the schema's limits, or the document would be invalid
 
-
-PACKAGE = re.compile(r"[A-Za-z0-9._-]{1,100}")  # the schema's Slug
-MAX_PACKAGES = 2000
 
 
 def _imported(module: Any) -> bool:

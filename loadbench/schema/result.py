@@ -111,6 +111,12 @@ def text(pattern: str, message: str, min_length: int = 0, max_length: int | None
                      Field(min_length=min_length, max_length=max_length, pattern=pattern)]
 
 
+SLUG_CHARS = r"[A-Za-z0-9._-]"
+# A name a pod phase may give for a package it imported (a Slug), and how many one phase may give:
+# the writer keeps to both, or its document would be invalid; the reporter drops anything else.
+PACKAGE = re.compile(rf"{SLUG_CHARS}{{1,100}}")
+MAX_PACKAGES = 2000
+
 # Names that end up in tables, plot titles and file names: printable, no '$' (matplotlib
 # would read "$...$" as mathtext), bounded so that a file name made of them stays valid.
 if TYPE_CHECKING:  # text() builds its types at run time; to mypy each is the str it checks
@@ -124,7 +130,7 @@ else:
     Label = text(r"^[^\x00-\x1f\x7f$]*$", "should be one line of text without control characters or '$'",
                  1, 200)
     AsciiName = text(r"^[\x20-\x23\x25-\x7e]*$", "should be printable ASCII without '$'", 1, 100)
-    Slug = text(r"^[A-Za-z0-9._-]*$", "should use only letters, digits, '.', '_' and '-'", 1, 100)
+    Slug = text(rf"^{SLUG_CHARS}*$", "should use only letters, digits, '.', '_' and '-'", 1, 100)
     Mode = text(r"^[A-Za-z0-9_-]*$", "should use only letters, digits, '_' and '-'", 1, 32)
 
 
@@ -339,7 +345,7 @@ class Phase(Model):
     seconds: Seconds
     # The third-party packages (top-level names) this phase imported first: what the time was
     # spent on, e.g. torchvision pulled in by transformers' modeling code.
-    packages: Optional[Annotated[list[Slug], Field(max_length=2000)]] = None
+    packages: Optional[Annotated[list[Slug], Field(max_length=MAX_PACKAGES)]] = None
 
 
 class Pod(Model):

@@ -270,7 +270,7 @@ def test_pod_overhead_names_what_each_phase_imported_in_most_pods_and_drops_host
     many = [f"p{j}" for j in range(600)]
     docs[0]["pod"]["phases"] += [{"name": f"<b>{i}", "seconds": 0.1, "packages": many} for i in range(40)]
     df = fr.frame(docs)
-    assert max(len(t) for t in df["pod_packages"]) <= 2 + 1 + fr.MAX_PHASES * fr.MAX_PACKAGES
+    assert max(len(t) for t in df["pod_packages"]) <= 2 + 1 + fr.MAX_PHASES * fr.MAX_PACKAGES_READ
     assert {c for t in df["pod_packages"] for c, _ in t} <= set(df.attrs["phases"])
     (o,) = report.pod_overhead(df, df.attrs["phases"])
     # torchvision in 2 pods of 3 is named, scipy in 1 is not, the hostile names never
