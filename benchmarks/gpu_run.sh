@@ -37,6 +37,12 @@
 #           local checkpoint after the upload (a disk that cannot hold it, the bucket and one
 #           download). WEED_ARGS: more server flags. weed.log and s3.log go to $OUT.
 #
+# BUDGET (default 540): seconds from this script's start, the install and the save included, after
+# which no pod starts; nor does one that this call's longest pod of its kind (cold, warm) would
+# carry past it. Give it ~20 s under the device call's limit (limit_s, which is less than timeout_s
+# when little device time is left): the last pod, the archive and the log must end inside it.
+# results.tar.gz is written again after every pod, so a call killed at its limit keeps them all.
+#
 # DEVICE (default cuda) and LIBS (a comma list: only configurations of these libraries) narrow
 # a run, and LABELS (a comma list of the labels below, `nodecache` for phase s3's node-cache pair
 # and herd) too; with either, `save` writes only the formats the configurations left read. The tests run
@@ -108,7 +114,12 @@ MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
 export DTYPE=${DTYPE:-bfloat16} DEVICE=${DEVICE:-cuda} MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=${CEILING_SECONDS:-4}
 export RESULT_LINES=0 CEILINGS=reuse NODE_NAME=${NODE_NAME:-$(hostname)}
-DEADLINE=$((SECONDS + ${BUDGET:-540}))
+DEADLINE=${BUDGET:-540}  # SECONDS counts from this script's start: the install is inside the budget
+snapshot() {  # the documents so far, as results.tar.gz (not the ceilings' flock files)
+  [ -d "$RES_PATH" ] || return 0
+  tar -czf "$OUT/results.tar.gz.part" --exclude='*.lock' -C "$WORK" results \
+    && mv -f "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+}
 ALL=tensorizer,safetensors,huggingface-bin,flashpack
 
 # label | env for that configuration
@@ -254,21 +265,33 @@ rotate() {
 LEDGER=$WORK/trials.done
 [ -d "$RES_PATH" ] || rm -f "$LEDGER"
 
+# A pod starts only if this call's longest pod of the mode so far would end before the deadline
+# (one that measured the node's ceilings, a minute more than the rest, does not set the bound).
 trials() {
-  local mode=$1 rounds=$2 t cfg have key
+  local mode=$1 rounds=$2 t cfg have key longest=0 t0 measured prc
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
       wanted "$cfg" || continue
       key="$MODEL-$mode $DEVICE $DTYPE ${cfg%%|*}"
       have=$(grep -cxF "$key" "$LEDGER" 2>/dev/null)
       [ "${have:-0}" -ge "$t" ] && continue
-      [ $SECONDS -lt $DEADLINE ] || { echo "deadline reached in round $t"; return; }
+      if [ $((SECONDS + longest)) -ge $DEADLINE ]; then
+        echo "deadline reached in round $t: $((DEADLINE - SECONDS)) s left, a $mode pod took up to ${longest} s"
+        return
+      fi
       local skip=1
       [ "$t" = 1 ] && [ "${INFER:-1}" = 1 ] && skip=0
       echo "== $mode round $t ${cfg%%|*}"
+      t0=$SECONDS measured=0
+      compgen -G "$RES_PATH/ceilings/*.json" >/dev/null || measured=1
       env ${cfg#*|} CACHE_MODE=$mode RUN_ID=$MODEL-$mode SKIP_INFERENCE=$skip \
         python3 deserialize_benchmark.py 2>&1 | grep -E 'trial|error|WARN|Error|ceilings|exit'
-      [ "${PIPESTATUS[0]}" = 0 ] && echo "$key" >> "$LEDGER"
+      prc=${PIPESTATUS[0]}
+      [ "$prc" = 0 ] && echo "$key" >> "$LEDGER"
+      if [ "$measured" = 0 ] && [ $((SECONDS - t0 + 1)) -gt "$longest" ]; then
+        longest=$((SECONDS - t0 + 1))  # whole seconds: one more for what the clock's grain hides
+      fi
+      snapshot
     done
   done
 }
@@ -440,6 +463,7 @@ PY
       python3 deserialize_benchmark.py 2>&1 | tee -a "$log" | grep -E 'trial|error|WARN|Error|ceilings|exit'
     rc=${PIPESTATUS[0]}
     rm -rf "$pods"
+    snapshot
     [ "$rc" = 0 ] || echo "s3: pod $run $* exited $rc" | tee -a "$log" >&2
     return "$rc"
   }
@@ -571,6 +595,6 @@ for spec in "$@"; do
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
-[ -d "$RES_PATH" ] && tar -czf "$OUT/results.tar.gz" --exclude='*.lock' -C "$WORK" results  # not the ceilings' flock files
+snapshot
 ls -la "$OUT"
 exit $rc

@@ -212,3 +212,55 @@ def test_the_fidelity_phase_writes_its_file_with_every_sample_forked(tmp_path: P
     parents = {s["ppid"] for cell in doc["samples"].values() for side in cell.values() for s in side}
     assert len(parents) == 1 and doc["pid"] not in parents  # one fork server served them all
     assert "inside +-5%" in (tmp_path / "out" / "run.log").read_text()  # the summary, in the call's log
+
+
+def test_a_call_cut_short_keeps_its_pods_and_ends_inside_its_budget(tmp_path: Path) -> None:
+    """Two GPU calls (2026-12-05) lost every document they measured: the archive was written only
+    at the end, and one call started a pod just before its deadline that carried it past the
+    device's limit. Now results.tar.gz is rewritten after each pod (a call killed mid-pod keeps
+    the pods that ended), and no pod starts that the call's longest would carry past BUDGET,
+    which counts from the script's start."""
+    import signal
+    import tarfile
+    import time
+    labels = {"LABELS": "safetensors,tensorizer"}
+    first = _gpu_run(tmp_path, ["warm:1"], **labels)  # the save, the ceilings, a pod each
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = tmp_path / "out"
+    (out / "results.tar.gz").unlink()
+
+    def archived() -> list[str]:
+        try:
+            with tarfile.open(out / "results.tar.gz") as tar:
+                return [n for n in tar.getnames() if "/llama-tiny-warm/" in n and n.endswith(".json")]
+        except (FileNotFoundError, tarfile.TarError, EOFError):
+            return []
+
+    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32",
+                     "WORK": str(tmp_path / "work"), "OUT": str(out), "INFER": "0",
+                     "CEILING_SECONDS": "0.2", "BUDGET": "900", **NO_WHEELS, **labels})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.Popen(["bash", "benchmarks/gpu_run.sh", "warm:9"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        give_up = time.monotonic() + 300
+        while len(archived()) < 4 and proc.poll() is None and time.monotonic() < give_up:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the call ended before it archived 4 documents"
+        os.killpg(proc.pid, signal.SIGKILL)  # as the device's limit does, mid-run
+    finally:
+        proc.wait(timeout=30)
+    kept = archived()
+    assert len(kept) >= 4, kept  # the first call's two and this call's pods so far
+    ledger = (tmp_path / "work" / "trials.done").read_text().splitlines()
+    assert len(kept) in (len(ledger), len(ledger) - 1), (kept, ledger)  # at most the last pod's is missing
+
+    budget = 25
+    t0 = time.monotonic()
+    cut = _gpu_run(tmp_path, ["warm:9"], BUDGET=str(budget), **labels)
+    wall = time.monotonic() - t0
+    assert cut.returncode == 0, cut.stdout[-3000:] + cut.stderr[-3000:]
+    assert "deadline reached in round" in cut.stdout, cut.stdout[-2000:]
+    assert "== warm round" in cut.stdout  # it ran pods, then stopped before one that would not fit
+    assert wall < budget + 3, (wall, cut.stdout[-2000:])
+    assert len(archived()) == len((tmp_path / "work" / "trials.done").read_text().splitlines())
