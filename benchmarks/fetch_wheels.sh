@@ -28,6 +28,12 @@ case "${1:-}" in
 esac
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --fio ]; then
+  # fio's configure drops an engine whose library it does not find, silently: a fio built here
+  # without libaio-dev refused every O_DIRECT storage try on a GPU machine (2026-12-05).
+  for need in /usr/include/libaio.h /usr/include/zlib.h; do
+    [ -f "$need" ] || { echo "fetch_wheels.sh --fio: $need is missing: apt-get install gcc make" \
+      "libaio-dev zlib1g-dev, then try again" >&2; exit 1; }
+  done
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   (cd "$work" && apt-get source -qq --download-only fio) || {
@@ -35,6 +41,11 @@ if [ "${1:-}" = --fio ]; then
       "(Types: deb deb-src), run apt-get update, and try again" >&2; exit 1; }
   tar xzf "$work"/fio_*.orig.tar.gz -C "$work"
   (cd "$work"/fio-*/ && ./configure --build-static --disable-native >/dev/null && make -j"$(nproc)" >/dev/null)
+  engines=$("$work"/fio-*/fio --enghelp)
+  for engine in libaio io_uring; do
+    grep -qx "[[:space:]]*$engine" <<<"$engines" || { echo "fetch_wheels.sh --fio: the fio built" \
+      "has no $engine engine (see its ./configure output); .whl/fio left as it was" >&2; exit 1; }
+  done
   mkdir -p .whl
   strip -o .whl/fio "$work"/fio-*/fio
   .whl/fio --version
