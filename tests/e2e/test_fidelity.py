@@ -40,6 +40,7 @@ def test_forked_samples_are_each_a_process_of_their_own_on_both_sides(saved_mode
     assert set(rows) == {"safetensors", "tensorizer"}
     for r in rows.values():
         assert r["n"] == 3 and r["ratio"] > 0 and r["ci95"][0] <= r["ratio"] <= r["ci95"][1]
+        assert r["pairs"] == 3 and r["paired_ci95"][0] <= r["paired_ratio"] <= r["paired_ci95"][1]
     assert "safetensors      warm  n=3" in proc.stdout  # the summary at the end
 
 
