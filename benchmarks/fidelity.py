@@ -399,7 +399,7 @@ def save(path: str | None, samples: dict[str, Any], meta: dict[str, Any]) -> Non
         return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"schema": "loadbench.fidelity/3", **meta, "samples": samples,
+        json.dump({**meta, "schema": "loadbench.fidelity/3", "samples": samples,
                    "ratios": report(samples)}, f, indent=1)
     os.replace(tmp, path)
 

@@ -38,7 +38,7 @@
 #           download). WEED_ARGS: more server flags. weed.log and s3.log go to $OUT.
 #
 # BUDGET (default 540): seconds from this script's start, the install and the save included, after
-# which no pod starts; nor does one that this call's longest pod of its kind (cold, warm) would
+# which no pod starts; nor does one that this call's longest pod so far (cold or warm) would
 # carry past it. Give it ~20 s under the device call's limit (limit_s, which is less than timeout_s
 # when little device time is left): the last pod, the archive and the log must end inside it.
 # results.tar.gz is written again after every pod, so a call killed at its limit keeps them all.
@@ -114,10 +114,11 @@ MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
 export DTYPE=${DTYPE:-bfloat16} DEVICE=${DEVICE:-cuda} MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=${CEILING_SECONDS:-4}
 export RESULT_LINES=0 CEILINGS=reuse NODE_NAME=${NODE_NAME:-$(hostname)}
-DEADLINE=${BUDGET:-540}  # SECONDS counts from this script's start: the install is inside the budget
+DEADLINE=${BUDGET:-540}
+[[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "BUDGET=$DEADLINE: whole seconds" >&2; exit 2; }  # SECONDS counts from this script's start: the install is inside the budget
 snapshot() {  # the documents so far, as results.tar.gz (not the ceilings' flock files)
   [ -d "$RES_PATH" ] || return 0
-  tar -czf "$OUT/results.tar.gz.part" --exclude='*.lock' -C "$WORK" results \
+  tar -czf "$OUT/results.tar.gz.part" --exclude='*.lock' --exclude='.tmp-*' -C "$WORK" results \
     && mv -f "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
 }
 ALL=tensorizer,safetensors,huggingface-bin,flashpack
@@ -265,18 +266,19 @@ rotate() {
 LEDGER=$WORK/trials.done
 [ -d "$RES_PATH" ] || rm -f "$LEDGER"
 
-# A pod starts only if this call's longest pod of the mode so far would end before the deadline
+LONGEST=0  # this call's longest pod so far, of any mode: the first warm pod after cold ones is bounded too
+# A pod starts only if this call's longest pod so far would end before the deadline
 # (one that measured the node's ceilings, a minute more than the rest, does not set the bound).
 trials() {
-  local mode=$1 rounds=$2 t cfg have key longest=0 t0 measured prc
+  local mode=$1 rounds=$2 t cfg have key t0 measured prc
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
       wanted "$cfg" || continue
       key="$MODEL-$mode $DEVICE $DTYPE ${cfg%%|*}"
       have=$(grep -cxF "$key" "$LEDGER" 2>/dev/null)
       [ "${have:-0}" -ge "$t" ] && continue
-      if [ $((SECONDS + longest)) -ge $DEADLINE ]; then
-        echo "deadline reached in round $t: $((DEADLINE - SECONDS)) s left, a $mode pod took up to ${longest} s"
+      if [ $((SECONDS + LONGEST)) -ge $DEADLINE ]; then
+        echo "deadline reached in round $t: $((DEADLINE - SECONDS)) s left, a $mode pod took up to ${LONGEST} s"
         return
       fi
       local skip=1
@@ -288,8 +290,8 @@ trials() {
         python3 deserialize_benchmark.py 2>&1 | grep -E 'trial|error|WARN|Error|ceilings|exit'
       prc=${PIPESTATUS[0]}
       [ "$prc" = 0 ] && echo "$key" >> "$LEDGER"
-      if [ "$measured" = 0 ] && [ $((SECONDS - t0 + 1)) -gt "$longest" ]; then
-        longest=$((SECONDS - t0 + 1))  # whole seconds: one more for what the clock's grain hides
+      if [ "$measured" = 0 ] && [ $((SECONDS - t0 + 1)) -gt "$LONGEST" ]; then
+        LONGEST=$((SECONDS - t0 + 1))  # whole seconds: one more for what the clock's grain hides
       fi
       snapshot
     done

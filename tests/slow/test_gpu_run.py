@@ -255,12 +255,12 @@ def test_a_call_cut_short_keeps_its_pods_and_ends_inside_its_budget(tmp_path: Pa
     ledger = (tmp_path / "work" / "trials.done").read_text().splitlines()
     assert len(kept) in (len(ledger), len(ledger) - 1), (kept, ledger)  # at most the last pod's is missing
 
-    budget = 25
+    budget = 40
     t0 = time.monotonic()
     cut = _gpu_run(tmp_path, ["warm:9"], BUDGET=str(budget), **labels)
     wall = time.monotonic() - t0
     assert cut.returncode == 0, cut.stdout[-3000:] + cut.stderr[-3000:]
     assert "deadline reached in round" in cut.stdout, cut.stdout[-2000:]
     assert "== warm round" in cut.stdout  # it ran pods, then stopped before one that would not fit
-    assert wall < budget + 3, (wall, cut.stdout[-2000:])
+    assert wall < budget + 10, (wall, cut.stdout[-2000:])  # not a pod's length past it
     assert len(archived()) == len((tmp_path / "work" / "trials.done").read_text().splitlines())
