@@ -118,8 +118,9 @@ DEADLINE=${BUDGET:-540}
 [[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "BUDGET=$DEADLINE: whole seconds" >&2; exit 2; }  # SECONDS counts from this script's start: the install is inside the budget
 snapshot() {  # the documents so far, as results.tar.gz (not the ceilings' flock files)
   [ -d "$RES_PATH" ] || return 0
-  tar -czf "$OUT/results.tar.gz.part" --exclude='*.lock' --exclude='.tmp-*' -C "$WORK" results \
-    && mv -f "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+  local part="$OUT/results.tar.gz.part$BASHPID"  # the herd's pods archive at once: each its own part
+  tar -czf "$part" --exclude='*.lock' --exclude='.tmp-*' -C "$WORK" results 2>/dev/null \
+    && mv -f "$part" "$OUT/results.tar.gz" || rm -f "$part"
 }
 ALL=tensorizer,safetensors,huggingface-bin,flashpack
 
