@@ -336,9 +336,14 @@ class Forked:
 def interval(a: list[float], b: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
     """Bootstrap 95% interval of median(a) / median(b), resampling each side."""
     rng = random.Random(seed)
-    ratios = sorted(statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-                    for _ in range(n))
-    return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
+    return _middle95([statistics.median(rng.choices(a, k=len(a)))
+                      / statistics.median(rng.choices(b, k=len(b))) for _ in range(n)])
+
+
+def _middle95(resampled: list[float]) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the bootstrap's resampled statistics."""
+    ordered, n = sorted(resampled), len(resampled)
+    return ordered[int(0.025 * n)], ordered[int(0.975 * n) - 1]
 
 
 Sample = dict[str, float]
@@ -356,8 +361,7 @@ def pairs(a: list[Sample], b: list[Sample]) -> list[tuple[Sample, Sample]]:
 def paired_interval(ratios: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
     """Bootstrap 95% interval of the median of per-round ratios, resampling rounds."""
     rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+    return _middle95([statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n)])
 
 
 def report(samples: dict[str, dict[str, list[dict[str, float]]]]) -> list[dict[str, Any]]:

@@ -114,8 +114,8 @@ MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
 export DTYPE=${DTYPE:-bfloat16} DEVICE=${DEVICE:-cuda} MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=${CEILING_SECONDS:-4}
 export RESULT_LINES=0 CEILINGS=reuse NODE_NAME=${NODE_NAME:-$(hostname)}
-DEADLINE=${BUDGET:-540}
-[[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "BUDGET=$DEADLINE: whole seconds" >&2; exit 2; }  # SECONDS counts from this script's start: the install is inside the budget
+DEADLINE=${BUDGET:-540}  # SECONDS counts from this script's start: the install is inside the budget
+[[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "BUDGET=$DEADLINE: whole seconds" >&2; exit 2; }
 snapshot() {  # the documents so far, as results.tar.gz (not the ceilings' flock files)
   [ -d "$RES_PATH" ] || return 0
   local part="$OUT/results.tar.gz.part$BASHPID"  # the herd's pods archive at once: each its own part
@@ -271,7 +271,7 @@ LONGEST=0  # this call's longest pod so far, of any mode: the first warm pod aft
 # A pod starts only if this call's longest pod so far would end before the deadline
 # (one that measured the node's ceilings, a minute more than the rest, does not set the bound).
 trials() {
-  local mode=$1 rounds=$2 t cfg have key t0 measured prc
+  local mode=$1 rounds=$2 t cfg have key t0 measured
   for t in $(seq "${FROM:-1}" "$rounds"); do
     for cfg in "${CONFIGS[@]}"; do
       wanted "$cfg" || continue
@@ -289,8 +289,7 @@ trials() {
       compgen -G "$RES_PATH/ceilings/*.json" >/dev/null || measured=1
       env ${cfg#*|} CACHE_MODE=$mode RUN_ID=$MODEL-$mode SKIP_INFERENCE=$skip \
         python3 deserialize_benchmark.py 2>&1 | grep -E 'trial|error|WARN|Error|ceilings|exit'
-      prc=${PIPESTATUS[0]}
-      [ "$prc" = 0 ] && echo "$key" >> "$LEDGER"
+      [ "${PIPESTATUS[0]}" = 0 ] && echo "$key" >> "$LEDGER"
       if [ "$measured" = 0 ] && [ $((SECONDS - t0 + 1)) -gt "$LONGEST" ]; then
         LONGEST=$((SECONDS - t0 + 1))  # whole seconds: one more for what the clock's grain hides
       fi
