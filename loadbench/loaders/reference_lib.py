@@ -259,9 +259,14 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                 torch.cuda.set_device(dest.device)  # a new thread is on device 0: no context there
                 stream = torch.cuda.Stream(device=dest.device)
                 stream.wait_stream(torch.cuda.current_stream(dest.device))  # dest is allocated
+                # The current stream is per thread: set once, not a stream context per chunk, and
+                # one event a buffer, recorded again each time, not a new one per chunk. The
+                # submission runs under the GIL that every reader needs (0.08-0.11 s a reader of a
+                # 0.5 s warm load on an H200, docs/results/2026-12-04-h200-llama-2-7b-cold-n5).
+                torch.cuda.set_stream(stream)
                 ring.claim(t * per_thread, per_thread)  # `slots`: this reader pins its own buffers
                 mine = [ring.slot(t * per_thread + j) for j in range(per_thread)]
-                events: list[torch.cuda.Event | None] = [None] * per_thread
+                events = [torch.cuda.Event() for _ in range(per_thread)]
                 i = 0
             while not errors:
                 try:
@@ -274,19 +279,14 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                     mine_spent[1] += time.perf_counter() - t0
                     continue
                 slot = i % per_thread
-                previous = events[slot]
                 t0 = time.perf_counter()
-                if previous is not None:
-                    previous.synchronize()  # the copy out of this buffer is done
+                events[slot].synchronize()  # the copy out of this buffer is done (none yet: at once)
                 buf = mine[slot][:n]
                 t1 = time.perf_counter()
                 read(src, spans, _host_bytes(buf))
                 t2 = time.perf_counter()
-                with torch.cuda.stream(stream):
-                    dest[doff:doff + n].copy_(buf, non_blocking=True)
-                    ev = torch.cuda.Event()
-                    ev.record(stream)
-                events[slot] = ev
+                dest[doff:doff + n].copy_(buf, non_blocking=True)
+                events[slot].record(stream)
                 i += 1
                 mine_spent[0] += t1 - t0
                 mine_spent[1] += t2 - t1
