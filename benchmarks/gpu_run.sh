@@ -9,7 +9,7 @@
 #           ends well is noted in $WORK/trials.done: called again on the same machine, the phase
 #           runs only what each configuration lacks up to ROUNDS (cold at most COLD_MAX, 3).
 #           Round 1 generates tokens
-#           (time to first token, tokens/s); ceilings are measured once per node (CEILINGS=reuse)
+#           (time to first token, tokens/s); ceilings are measured once per node (CEILINGS=reuse; CEILINGS=0 skips them)
 # fidelity  benchmarks/fidelity.py, loadbench vs bare calls interleaved, ROUNDS samples a side of
 #           FID_LIBS in FID_MODES (warm), each sample a child of one fork server (FID_START=fresh:
 #           a new interpreter each, 5-7 s more per sample); $OUT/$MODEL-fidelity.json
@@ -113,7 +113,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 MODEL=${MODEL:-llama-2-7b}
 export MODEL_ID=random/$MODEL MODEL_PATH=$WORK/models/$MODEL RES_PATH=$WORK/results
 export DTYPE=${DTYPE:-bfloat16} DEVICE=${DEVICE:-cuda} MAX_NEW_TOKENS=32 INFERENCE_RUNS=3 CEILING_SECONDS=${CEILING_SECONDS:-4}
-export RESULT_LINES=0 CEILINGS=reuse NODE_NAME=${NODE_NAME:-$(hostname)}
+export RESULT_LINES=0 CEILINGS=${CEILINGS:-reuse} NODE_NAME=${NODE_NAME:-$(hostname)}
 DEADLINE=${BUDGET:-540}  # SECONDS counts from this script's start: the install is inside the budget
 [[ $DEADLINE =~ ^[0-9]+$ ]] || { echo "BUDGET=$DEADLINE: whole seconds" >&2; exit 2; }
 snapshot() {  # the documents so far, as results.tar.gz (not the ceilings' flock files)

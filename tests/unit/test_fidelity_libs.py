@@ -152,3 +152,29 @@ def test_the_n30_file_paired_and_unpaired_as_its_readme_quotes_them(tmp_path):
                  [round(x, 3) for x in r["paired_ci95"]], r["pairs"]) for lib, r in rows.items()}
     assert got == {"tensorizer": (0.985, [0.944, 1.045], 0.998, [0.976, 1.037], 30),
                    "safetensors": (1.029, [0.991, 1.056], 1.024, [0.994, 1.037], 30)}, got
+
+
+def test_the_six_library_file_is_its_three_inputs_merged_and_says_what_its_readme_quotes(tmp_path):
+    """docs/results/2026-12-05-h200-llama-2-7b-fidelity-six: the merged file is what `--merge`
+    makes of its three inputs (each library in one input only), and its README's table holds:
+    every ratio within +-3% both ways; paired, every interval inside +-5% but flashpack's."""
+    mod = fidelity()
+    run = ROOT / "docs/results/2026-12-05-h200-llama-2-7b-fidelity-six"
+    inputs = [ROOT / "docs/results/2026-12-05-h200-llama-2-7b-fidelity-n30/llama-2-7b-fidelity.json",
+              run / "llama-2-7b-fidelity-huggingface-instanttensor.json",
+              run / "llama-2-7b-fidelity-flashpack-runai.json"]
+    samples, _ = mod.merge([str(p) for p in inputs])
+    published = json.loads((run / "llama-2-7b-fidelity.json").read_text())
+    assert published["samples"] == samples
+    assert published["ratios"] == mod.report(samples)
+    got = {r["library"]: (round(r["ratio"], 3), round(r["paired_ratio"], 3),
+                          [round(x, 3) for x in r["paired_ci95"]], r["n"])
+           for r in published["ratios"]}
+    assert got == {"tensorizer": (0.985, 0.998, [0.976, 1.037], 30),
+                   "safetensors": (1.029, 1.024, [0.994, 1.037], 30),
+                   "huggingface": (1.003, 1.001, [0.984, 1.012], 30),
+                   "instanttensor": (1.023, 1.025, [1.003, 1.035], 30),
+                   "flashpack": (1.017, 1.005, [0.988, 1.051], 30),
+                   "runai-streamer": (0.978, 0.999, [0.969, 1.026], 30)}, got
+    assert all(r["within_3pct"] and r["paired_within_3pct"] for r in published["ratios"])
+    assert [r["library"] for r in published["ratios"] if not r["paired_ci95_within_5pct"]] == ["flashpack"]
