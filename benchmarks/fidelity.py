@@ -175,6 +175,12 @@ def bare(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, 
         if state:
             model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
+        # The whole model on the device, as a user needs it to run and as loadbench ends its load
+        # (models.finish): the skeleton's non-persistent buffers (rotary inv_freq) are built on
+        # the CPU. The files up to docs/results/2026-12-05-h200-llama-2-7b-fidelity-six were
+        # measured with the bare side leaving them there (the likely 7 ms of InstantTensor's
+        # 0.34 s); their meta lacks bare_to_device, and merge() keeps them apart from newer ones.
+        model.to(target)
     sync()
     end = time.perf_counter()
     return {"total_s": end - start, "skeleton_s": skeleton_at - start, "weights_s": end - skeleton_at,
@@ -408,6 +414,15 @@ def save(path: str | None, samples: dict[str, Any], meta: dict[str, Any]) -> Non
     os.replace(tmp, path)
 
 
+# What a sample is, which every input of a merge must share. `bare_to_device`: whether the bare
+# side ended with model.to(device), as loadbench's loads do; files without it did not.
+SAME = ("start", "it_backend", "device", "bare_to_device")
+
+
+def _setting(meta: dict[str, Any], key: str) -> Any:
+    return meta.get(key, False if key == "bare_to_device" else None)
+
+
 def merge(paths: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(samples, meta) of fidelity files written by runs of this script. A cell may be in one
     file only: two runs of the same cell are two experiments, not one longer one."""
@@ -424,6 +439,11 @@ def merge(paths: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
                                  "different libraries or modes only")
             samples[key] = cell
         metas.append({k: v for k, v in doc.items() if k not in ("samples", "ratios")})
+        for key in SAME:  # the merged file has one description: every input must fit it
+            if _setting(metas[-1], key) != _setting(metas[0], key):
+                raise SystemExit(f"{path}: {key} is {_setting(metas[-1], key)!r}, but "
+                                 f"{_setting(metas[0], key)!r} in {paths[0]}; files measured "
+                                 "differently are not merged into one")
     meta = dict(metas[0], merged_from=[os.path.basename(p) for p in paths])
     return samples, meta
 
@@ -481,7 +501,7 @@ def main() -> int:
     how = ("a child of a fork server that imported torch, transformers and the modeling code once"
            if args.start == "forkserver" else "a new interpreter")
     meta = {"model_path": args.model_path, "it_backend": os.environ.get("IT_BACKEND"),
-            "start": args.start, "device": args.device, "pid": os.getpid(),
+            "start": args.start, "device": args.device, "bare_to_device": True, "pid": os.getpid(),
             "rule": f"ratio = median(loadbench weights_s) / median(bare weights_s), each side "
                     "resampled on its own; paired_ratio = median over rounds of loadbench weights_s / "
                     f"bare weights_s, the rounds resampled; each sample {how}, loading once; "

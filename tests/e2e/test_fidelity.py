@@ -23,7 +23,7 @@ def test_forked_samples_are_each_a_process_of_their_own_on_both_sides(saved_mode
     proc = _fidelity(saved_model, out, "--samples", "3")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
-    assert doc["start"] == "forkserver" and "fork server" in doc["rule"]
+    assert doc["start"] == "forkserver" and "fork server" in doc["rule"] and doc["bare_to_device"] is True
     pids, parents = [], set()
     for key in ("safetensors|warm", "tensorizer|warm"):
         cell = doc["samples"][key]

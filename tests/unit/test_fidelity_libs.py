@@ -65,6 +65,24 @@ def test_merge_refuses_the_same_cell_twice_and_other_files(tmp_path):
         mod.merge([str(other)])
 
 
+def test_merge_refuses_files_whose_samples_were_measured_differently(tmp_path):
+    """One merged file has one description of a sample. The six-library file's inputs share it;
+    a file whose bare side ended on the device (bare_to_device), or whose samples were fresh
+    interpreters, is not put beside them."""
+    mod = fidelity()
+    six = ROOT / "docs/results/2026-12-05-h200-llama-2-7b-fidelity-six"
+    old = six / "llama-2-7b-fidelity-flashpack-runai.json"
+    newer = json.loads((six / "llama-2-7b-fidelity-huggingface-instanttensor.json").read_text())
+    newer["bare_to_device"] = True
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(SystemExit, match="bare_to_device is True, but False in .*flashpack-runai"):
+        mod.merge([str(old), str(tmp_path / "newer.json")])
+    newer.update(bare_to_device=False, start="fresh")
+    (tmp_path / "fresh.json").write_text(json.dumps(newer))
+    with pytest.raises(SystemExit, match="start is 'fresh', but 'forkserver'"):
+        mod.merge([str(old), str(tmp_path / "fresh.json")])
+
+
 def test_an_interval_inside_five_percent_is_said_so_and_a_wide_one_is_not():
     mod = fidelity()
     tight = [{"total_s": 1.0 + i / 1000, "skeleton_s": 0.0, "weights_s": 1.0 + i / 1000} for i in range(30)]
