@@ -169,7 +169,12 @@ LIBRARIES: tuple[Library, ...] = (
                     "fastsafetensors and InstantTensor do by default): each read covers whole "
                     "pages into an aligned buffer, then its bytes are copied out. Default 0, "
                     "buffered reads. Refused (exit 2) where the reference reads MODEL_URI itself "
-                    "(S3_READ=native, S3_CACHE=none).", local_only=True)),
+                    "(S3_READ=native, S3_CACHE=none).", local_only=True),
+             Option("overlap", "REF_OVERLAP", "bool",
+                    "reference: 1 starts the reads first and builds the model's skeleton while "
+                    "they run (both inside the clock); default 0, the skeleton first, as every "
+                    "library does. Refused (exit 2) where the reference reads MODEL_URI itself.",
+                    local_only=True)),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )
 

@@ -264,3 +264,17 @@ def test_the_references_o_direct_reads_skip_the_page_cache_and_verify(model_copy
     assert trial["resident_before"] == 0.0
     assert doc["io_mode"].startswith("O_DIRECT preadv" if direct == "1" else "buffered preadv")
     assert cache.residency(files) == pytest.approx(resident_after, abs=0.05)
+
+
+def test_the_reference_with_overlapped_reads_verifies_and_says_so(model_copy, tmp_path):
+    """REF_OVERLAP=1: the reads start before the skeleton is built, in a real pod; every tensor
+    still verifies, and the document says the skeleton was built while the reads ran."""
+    proc = bench(model_copy, tmp_path / "res", LIBRARIES="reference", REF_OVERLAP="1",
+                 CACHE_MODE="warm", SKIP_INFERENCE="1")
+    assert proc.returncode == 0, proc.stderr
+    (doc,) = docs_under(tmp_path / "res")
+    (trial,) = doc["trials"]
+    assert trial["status"] == "ok" and trial["tensors_verified"] > 0 and not trial["mismatches"]
+    assert doc["io_mode"].endswith("skeleton built while the reads run"), doc["io_mode"]
+    assert doc["options"].get("overlap") is True and trial["library_info"]["overlap"] is True
+    assert trial["skeleton_s"] > 0 and trial["weights_s"] > 0

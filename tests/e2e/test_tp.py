@@ -117,6 +117,19 @@ def test_tp2_loads_verified_bit_for_bit(llama, tmp_path):
     assert (runai["distributed"], runai["group_size"]) == (True, 2)  # it did split the reads
 
 
+def test_tp2_reference_with_overlapped_reads_verifies_on_every_rank(llama, tmp_path):
+    """REF_OVERLAP=1 on the TP path: each rank starts its own bytes' reads, then builds its
+    skeleton; both ranks verify bit for bit and say how they read."""
+    proc = bench(llama, tmp_path / "res", LIBRARIES="reference", REF_OVERLAP="1")
+    assert proc.returncode == 0, proc.stderr
+    (doc,) = schema.read_many(str(tmp_path / "res"))[0]
+    assert doc["status"] == "ok" and doc["tp_size"] == 2
+    assert doc["io_mode"].endswith("skeleton built while the reads run"), doc["io_mode"]
+    (trial,) = doc["trials"]
+    assert [r["tensors_verified"] for r in trial["ranks"]] == [TENSORS, TENSORS]
+    assert all(r["status"] == "ok" and r["mismatches"] == [] for r in trial["ranks"])
+
+
 def _corrupt_rank1_slice(root: Path, name: str) -> None:
     """Flip bytes inside rank 1's half of a colwise tensor, keeping the file's size."""
     path = root / "safetensors" / "model.safetensors"

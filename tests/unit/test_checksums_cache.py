@@ -323,3 +323,38 @@ def test_the_kernel_list_format_is_read_as_the_kernel_writes_it():
     assert cpus.parse_list("0\n") == {0} and cpus.parse_list("\n") == set()
     with pytest.raises(ValueError):
         cpus.parse_list("0-x")
+
+
+def test_overlapped_reads_stop_when_the_skeleton_fails_and_its_error_is_raised(tmp_path):
+    """REF_OVERLAP=1 starts the reads before the skeleton. A skeleton that fails (here: a config
+    transformers cannot build) stops the readers after their item and raises its own error, not
+    a reader's, and never waits for a whole checkpoint's reads."""
+    import threading
+    import time
+
+    from loadbench.loaders import reference_lib
+    from loadbench.loaders.context import LoadContext
+    seen: list[bool] = []
+
+    def reads(stop: threading.Event | None) -> str:
+        assert stop is not None
+        seen.append(stop.wait(timeout=30))  # a long read that only a stop ends early
+        raise RuntimeError("the reads were stopped")
+    ctx = LoadContext(checkpoint=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
+                      options={"overlap": True}, _config=object())
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        reference_lib._skeleton_and(ctx, reads)
+    assert seen == [True] and time.monotonic() - start < 20
+    assert "skeleton" not in ctx.marks
+
+    called: list[object] = []
+
+    def quick(stop: threading.Event | None) -> str:
+        called.append(stop)
+        return "read"
+    ctx = LoadContext(checkpoint=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
+                      options={}, _config=object())
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):  # skeleton first: no reads
+        reference_lib._skeleton_and(ctx, quick)
+    assert called == []
