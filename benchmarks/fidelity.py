@@ -178,7 +178,7 @@ def bare(root: str, library: str, mode: str, device: str = "cuda") -> dict[str, 
         # The whole model on the device, as a user needs it to run and as loadbench ends its load
         # (models.finish): the skeleton's non-persistent buffers (rotary inv_freq) are built on
         # the CPU. The files up to docs/results/2026-12-05-h200-llama-2-7b-fidelity-six were
-        # measured with the bare side leaving them there (the likely 7 ms of InstantTensor's
+        # measured with the bare side leaving them there (the likely 8 ms of InstantTensor's
         # 0.34 s); their meta lacks bare_to_device, and merge() keeps them apart from newer ones.
         model.to(target)
     sync()
@@ -414,13 +414,14 @@ def save(path: str | None, samples: dict[str, Any], meta: dict[str, Any]) -> Non
     os.replace(tmp, path)
 
 
-# What a sample is, which every input of a merge must share. `bare_to_device`: whether the bare
-# side ended with model.to(device), as loadbench's loads do; files without it did not.
-SAME = ("start", "it_backend", "device", "bare_to_device")
+# What a sample is, which every input of a merge must share, and what a file that predates a key
+# did: `bare_to_device` (the bare side ended with model.to(device), as loadbench's loads do);
+# `start` and `device` (files before the fork server ran fresh interpreters on CUDA).
+SAME = {"start": "fresh", "it_backend": None, "device": "cuda", "bare_to_device": False}
 
 
 def _setting(meta: dict[str, Any], key: str) -> Any:
-    return meta.get(key, False if key == "bare_to_device" else None)
+    return meta.get(key, SAME[key])
 
 
 def merge(paths: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:

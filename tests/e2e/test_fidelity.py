@@ -87,3 +87,26 @@ def test_a_sample_past_its_limit_is_killed_and_the_server_serves_the_next(saved_
         forked.sample("bare", str(saved_model), "safetensors", "warm", limit=0.01)
     sample = forked.sample("bare", str(saved_model), "safetensors", "warm", limit=120)
     assert sample["weights_s"] > 0 and sample["pid"] != os.getpid()
+
+
+def test_the_bare_side_ends_with_the_whole_model_on_the_device(saved_model, monkeypatch):
+    """As loadbench's loads end (models.finish): the bare side moves the whole model, buffers
+    included, onto the target device before its clock stops; on a GPU the skeleton's rotary
+    buffers are otherwise left on the CPU. In process, with Module.to watched."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location("fidelity_inproc", "benchmarks/fidelity.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    moved: list[tuple[str, tuple]] = []
+    real = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        moved.append((type(self).__name__, args))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    sample = mod.bare(str(saved_model), "safetensors", "warm", device="cpu")
+    assert sample["weights_s"] > 0
+    assert ("OPTForCausalLM", ("cpu",)) in moved, moved

@@ -20,9 +20,15 @@ from tests.conftest import ROOT, clean_env
 NO_WHEELS = {"WHEELS": "", "WHEELS_S3": "", "PYC_PREFIX": "0"}
 
 
+# What every call here shares. CEILINGS=reuse is the script's own default, which clean_env's
+# CEILINGS=0 (right for pods run alone) would otherwise override: the calls measure the node's
+# ceilings once, as on a GPU machine.
+BASE = {"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "CEILINGS": "reuse"}
+
+
 def test_rotation_saves_measures_and_deletes_one_format_at_a_time(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
-    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
+    env = clean_env({**BASE, "WORK": str(work),
                      "OUT": str(out), "ROTATE_FORMATS": "safetensors tensorizer",
                      "LIBS": "safetensors,tensorizer", "INFER": "0", "CEILING_SECONDS": "0.2",
                      "BUDGET": "900", **NO_WHEELS})
@@ -62,7 +68,7 @@ def test_save_writes_only_the_formats_the_chosen_configurations_read(tmp_path: P
     if fio:
         carried.mkdir()
         shutil.copy(fio, carried / "fio")
-    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
+    env = clean_env({**BASE, "WORK": str(work),
                      "OUT": str(out), "LABELS": "reference-8x32m-alloc,tensorizer-numreaders16", **NO_WHEELS,
                      "WHEELS": str(carried) if fio else ""})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -100,7 +106,7 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
     """Phase s3 on the CPU: SeaweedFS on loopback, the checkpoint saved and uploaded, one round of
     cold and warm pods (native readers and download then load), then the node cache's pair."""
     work, out = tmp_path / "work", tmp_path / "out"
-    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32", "WORK": str(work),
+    env = clean_env({**BASE, "WORK": str(work),
                      "OUT": str(out), "LIBS": "tensorizer,reference,safetensors", "INFER": "0",
                      "CEILING_SECONDS": "0.2", "BUDGET": "900", "WEED": str(_weed()), "S3_HERD": "3",
                      **NO_WHEELS})
@@ -149,7 +155,7 @@ def test_s3_phase_uploads_to_seaweedfs_and_reads_it_back(tmp_path: Path) -> None
 
 def _gpu_run(tmp_path: Path, phases: list[str], timeout: float = 600, **extra: str
              ) -> subprocess.CompletedProcess:
-    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32",
+    env = clean_env({**BASE,
                      "WORK": str(tmp_path / "work"), "OUT": str(tmp_path / "out"), "INFER": "0",
                      "CEILING_SECONDS": "0.2", "BUDGET": "900", **NO_WHEELS, **extra})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python3 is the venv's
@@ -236,7 +242,7 @@ def test_a_call_cut_short_keeps_its_pods_and_ends_inside_its_budget(tmp_path: Pa
         except (FileNotFoundError, tarfile.TarError, EOFError):
             return []
 
-    env = clean_env({"MODEL": "llama-tiny", "DEVICE": "cpu", "DTYPE": "float32",
+    env = clean_env({**BASE,
                      "WORK": str(tmp_path / "work"), "OUT": str(out), "INFER": "0",
                      "CEILING_SECONDS": "0.2", "BUDGET": "900", **NO_WHEELS, **labels})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"

@@ -81,6 +81,23 @@ def test_merge_refuses_files_whose_samples_were_measured_differently(tmp_path):
     (tmp_path / "fresh.json").write_text(json.dumps(newer))
     with pytest.raises(SystemExit, match="start is 'fresh', but 'forkserver'"):
         mod.merge([str(old), str(tmp_path / "fresh.json")])
+    newer.update(start="forkserver", device="cpu")
+    (tmp_path / "cpu.json").write_text(json.dumps(newer))
+    with pytest.raises(SystemExit, match="device is 'cpu', but 'cuda'"):
+        mod.merge([str(old), str(tmp_path / "cpu.json")])
+    # alike in every way, and both after the change: merged
+    both = []
+    for name in ("flashpack-runai", "huggingface-instanttensor"):
+        doc = json.loads((six / f"llama-2-7b-fidelity-{name}.json").read_text())
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(doc, bare_to_device=True)))
+        both.append(str(tmp_path / f"{name}.json"))
+    samples, meta = mod.merge(both)
+    assert len(samples) == 4 and meta["bare_to_device"] is True
+    # a file from before the fork server (no start, no device: fresh interpreters on CUDA)
+    early = json.loads((PUBLISHED / "logs" / "fidelity-call1.json").read_text())
+    assert "start" not in early and "device" not in early
+    with pytest.raises(SystemExit, match="start is 'forkserver', but 'fresh'"):
+        mod.merge([str(PUBLISHED / "logs" / "fidelity-call1.json"), str(old)])
 
 
 def test_an_interval_inside_five_percent_is_said_so_and_a_wide_one_is_not():
@@ -185,14 +202,17 @@ def test_the_six_library_file_is_its_three_inputs_merged_and_says_what_its_readm
     published = json.loads((run / "llama-2-7b-fidelity.json").read_text())
     assert published["samples"] == samples
     assert published["ratios"] == mod.report(samples)
-    got = {r["library"]: (round(r["ratio"], 3), round(r["paired_ratio"], 3),
-                          [round(x, 3) for x in r["paired_ci95"]], r["n"])
+    got = {r["library"]: (r["n"], round(r["loadbench_weights_median_s"], 3),
+                          round(r["bare_weights_median_s"], 3), round(r["ratio"], 3),
+                          [round(x, 3) for x in r["ci95"]], round(r["paired_ratio"], 3),
+                          [round(x, 3) for x in r["paired_ci95"]])
            for r in published["ratios"]}
-    assert got == {"tensorizer": (0.985, 0.998, [0.976, 1.037], 30),
-                   "safetensors": (1.029, 1.024, [0.994, 1.037], 30),
-                   "huggingface": (1.003, 1.001, [0.984, 1.012], 30),
-                   "instanttensor": (1.023, 1.025, [1.003, 1.035], 30),
-                   "flashpack": (1.017, 1.005, [0.988, 1.051], 30),
-                   "runai-streamer": (0.978, 0.999, [0.969, 1.026], 30)}, got
+    assert got == {  # the README's table, column for column
+        "tensorizer": (30, 1.198, 1.216, 0.985, [0.944, 1.045], 0.998, [0.976, 1.037]),
+        "safetensors": (30, 2.951, 2.868, 1.029, [0.991, 1.056], 1.024, [0.994, 1.037]),
+        "huggingface": (30, 2.080, 2.073, 1.003, [0.987, 1.018], 1.001, [0.984, 1.012]),
+        "instanttensor": (30, 0.344, 0.337, 1.023, [1.010, 1.036], 1.025, [1.003, 1.035]),
+        "flashpack": (30, 1.072, 1.054, 1.017, [0.967, 1.071], 1.005, [0.988, 1.051]),
+        "runai-streamer": (30, 2.234, 2.285, 0.978, [0.938, 1.022], 0.999, [0.969, 1.026])}, got
     assert all(r["within_3pct"] and r["paired_within_3pct"] for r in published["ratios"])
     assert [r["library"] for r in published["ratios"] if not r["paired_ci95_within_5pct"]] == ["flashpack"]
