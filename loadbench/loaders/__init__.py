@@ -172,8 +172,10 @@ LIBRARIES: tuple[Library, ...] = (
                     "(S3_READ=native, S3_CACHE=none).", local_only=True),
              Option("overlap", "REF_OVERLAP", "bool",
                     "reference: 1 starts the reads first and builds the model's skeleton while "
-                    "they run (both inside the clock); default 0, the skeleton first, as every "
-                    "library does. Refused (exit 2) where the reference reads MODEL_URI itself.",
+                    "they run (both inside the clock: total_s holds both, weights_s only what is "
+                    "left after the skeleton); default 0, the skeleton first, as every library "
+                    "does. Not built for the reference's own reads of MODEL_URI: refused (exit 2) "
+                    "there.",
                     local_only=True)),
             role="instrument", supports_tp=True, reads_s3=True, tp_s3=True),
 )

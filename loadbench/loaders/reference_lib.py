@@ -237,6 +237,8 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
     own share of one pinned ring and its own CUDA stream. Returns what the ring cost. `stop`,
     when set by another thread, ends the readers after their current item."""
     items = [item for item in items if item[3]]
+    if stop is not None and stop.is_set():
+        raise RuntimeError("the reads were stopped before they began")
     if not items:
         return {}
     work: queue.SimpleQueue = queue.SimpleQueue()
@@ -322,7 +324,7 @@ def pipeline(dest: torch.Tensor, items: list[Item], read: Reader, threads: int, 
                 errors.append(e)  # the readers' error is the one to report
     if errors:
         raise errors[0]
-    if stop is not None and stop.is_set():
+    if stop is not None and stop.is_set() and not work.empty():
         raise RuntimeError("the reads were stopped before every item was read")
     # Where the readers' time went, summed over them, beside the pipeline's wall time: a reader
     # that mostly waits on its buffers' copies is bound by the copies, one that mostly reads by
@@ -429,8 +431,14 @@ def _skeleton_and(ctx: LoadContext, reads: Callable[[threading.Event | None], T]
     """The skeleton, then `reads` (the layout, the allocation and the pipeline); with
     REF_OVERLAP=1 the reads start first, in a thread of their own, and the skeleton is built
     while they run: its 0.03 s (llama-2-7b on an H200) is a tenth of a warm load, and nothing in
-    it needs the weights. The skeleton mark then falls inside the reads. If the skeleton fails,
-    the readers are stopped after their current item and the error is the skeleton's."""
+    it needs the weights. The skeleton mark then falls inside the reads (`reads_lead_s` says by
+    how much), so weights_s no longer holds every read. If the skeleton fails, or a signal ends
+    the wait, the readers are stopped after their current item, joined (the ring unpinned
+    after its last copy), and the main thread's error is raised.
+
+    While the skeleton is built, transformers sets the default dtype and patches parameter
+    registration process-wide: the reads must keep giving every tensor an explicit dtype and
+    build no modules."""
     if not ctx.options.get("overlap"):
         model = models.skeleton(ctx.config, ctx.dtype)
         ctx.mark("skeleton")
@@ -442,22 +450,27 @@ def _skeleton_and(ctx: LoadContext, reads: Callable[[threading.Event | None], T]
 
     def run() -> None:
         try:
+            if ctx.device.type == "cuda":  # a new thread is on device 0: the ring's pinning
+                torch.cuda.set_device(ctx.device)  # (cudaHostRegister) must be in this one's context
             result.append(reads(stop))
         except BaseException as e:  # given to the caller below
             failed.append(e)
     thread = threading.Thread(target=run, name="reference-reads", daemon=True)
-    thread.start()
+    started = time.perf_counter()
     try:
+        thread.start()
         model = models.skeleton(ctx.config, ctx.dtype)
         ctx.mark("skeleton")
-    except BaseException:
+        thread.join()
+    except BaseException as e:  # the skeleton's error, or a signal (Terminated) during the wait
         stop.set()
         thread.join()
+        if failed:
+            e.add_note(f"the reads, stopped, said: {failed[0]!r}")
         raise
-    thread.join()
     if failed:
         raise failed[0]
-    ctx.info["overlap"] = True
+    ctx.info.update(overlap=True, reads_lead_s=ctx.marks["skeleton"] - started)
     return model, result[0]
 
 

@@ -128,6 +128,8 @@ def test_tp2_reference_with_overlapped_reads_verifies_on_every_rank(llama, tmp_p
     (trial,) = doc["trials"]
     assert [r["tensors_verified"] for r in trial["ranks"]] == [TENSORS, TENSORS]
     assert all(r["status"] == "ok" and r["mismatches"] == [] for r in trial["ranks"])
+    assert trial["library_info"]["overlap"] is True  # set only where the reads ran in their thread
+    assert trial["library_info"]["reads_lead_s"] > 0
 
 
 def _corrupt_rank1_slice(root: Path, name: str) -> None:

@@ -343,10 +343,11 @@ def test_overlapped_reads_stop_when_the_skeleton_fails_and_its_error_is_raised(t
     ctx = LoadContext(checkpoint=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
                       options={"overlap": True}, _config=object())
     start = time.monotonic()
-    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+    with pytest.raises(ValueError, match="Unrecognized configuration class") as info:
         reference_lib._skeleton_and(ctx, reads)
     assert seen == [True] and time.monotonic() - start < 20
     assert "skeleton" not in ctx.marks
+    assert "the reads, stopped, said: RuntimeError('the reads were stopped')" in info.value.__notes__
 
     called: list[object] = []
 
@@ -358,3 +359,67 @@ def test_overlapped_reads_stop_when_the_skeleton_fails_and_its_error_is_raised(t
     with pytest.raises(ValueError, match="Unrecognized configuration class"):  # skeleton first: no reads
         reference_lib._skeleton_and(ctx, quick)
     assert called == []
+
+
+def test_a_signal_while_waiting_on_overlapped_reads_stops_and_joins_them(tmp_path):
+    """A pod's SIGTERM raises in the main thread, which with REF_OVERLAP=1 waits on the reads'
+    thread after the skeleton: the readers are stopped and joined before the error goes on (the
+    ring is unpinned after its last copy), never left running while the pod exits."""
+    import signal
+    import threading
+
+    from loadbench import models
+    from loadbench.loaders import reference_lib
+    from loadbench.loaders.context import LoadContext
+
+    class Terminated(Exception):
+        pass
+    seen: list[bool] = []
+    threads: list[threading.Thread] = []
+
+    def reads(stop: threading.Event | None) -> str:
+        assert stop is not None
+        threads.append(threading.current_thread())
+        seen.append(stop.wait(timeout=30))
+        return "read"
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+    previous = signal.signal(signal.SIGALRM, terminate)
+    try:
+        ctx = LoadContext(checkpoint=None, device=torch.device("cpu"), dtype=torch.float32,  # type: ignore[arg-type]
+                          options={"overlap": True}, _config=models.config_for("random/opt-tiny"))
+        signal.setitimer(signal.ITIMER_REAL, 1.0)  # after the skeleton, during the wait
+        with pytest.raises(Terminated):
+            reference_lib._skeleton_and(ctx, reads)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "skeleton" in ctx.marks  # the skeleton was built; the signal came in the wait
+    assert seen == [True] and threads and not threads[0].is_alive()
+
+
+def test_the_pipeline_stops_after_the_current_item_when_told(tmp_path):
+    """`stop`, set by another thread, ends the readers after their item: the pipeline raises
+    rather than return a half-filled destination; set before the pipeline, nothing is read."""
+    import threading
+
+    from loadbench.loaders import reference_lib
+    stop = threading.Event()
+    dest = torch.zeros(100 * 64, dtype=torch.uint8)
+    items = [("f", ((i * 64, 64),), i * 64, 64) for i in range(100)]
+    read_count: list[int] = []
+
+    def read(src: str, spans: tuple, view: memoryview) -> None:
+        read_count.append(1)
+        stop.set()  # as the main thread would, after the first item
+    with pytest.raises(RuntimeError, match="stopped before every item was read"):
+        reference_lib.pipeline(dest, items, read, threads=1, buffers=1, stop=stop)
+    assert len(read_count) == 1
+    read_count.clear()
+    with pytest.raises(RuntimeError, match="stopped before they began"):
+        reference_lib.pipeline(dest, items, read, threads=2, buffers=2, stop=stop)
+    assert read_count == []
+    stop.clear()  # not set: every item read, as without a stop
+    assert reference_lib.pipeline(dest, items, lambda s, sp, v: None, threads=2, buffers=2,
+                                  stop=stop)["readers"] == 2
